@@ -1,0 +1,95 @@
+"""Turn a test cluster into Django settings, and pick a cluster backend for this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Literal
+
+from .base import DEFAULT_ENGINE, ClusterBase, ClusterError
+from .binaries import BinariesNotFound, find_binaries
+
+logger = logging.getLogger("replicarouter.testing")
+
+Backend = Literal["auto", "local", "docker"]
+
+
+def django_settings(
+    cluster: ClusterBase,
+    *,
+    engine: str = DEFAULT_ENGINE,
+    primary_alias: str = "default",
+    **replicarouter: Any,
+) -> dict[str, Any]:
+    """Return ``{"DATABASES": ..., "REPLICAROUTER": ...}`` for a running cluster.
+
+    The primary becomes ``primary_alias``; each replica is an alias named after its node (``replica1``…)
+    with ``TEST["MIRROR"]`` set to the primary. Keyword arguments are merged into ``REPLICAROUTER``.
+    """
+    return {
+        "DATABASES": cluster.databases(engine=engine, primary_alias=primary_alias),
+        "REPLICAROUTER": cluster.replicarouter_settings(primary_alias=primary_alias, **replicarouter),
+    }
+
+
+def configure_django(cluster: ClusterBase, **kwargs: Any) -> dict[str, Any]:
+    """Point the configured Django project at ``cluster``: replace DATABASES and REPLICAROUTER in place.
+
+    For test suites (for instance in pytest-django's ``django_db_modify_db_settings`` fixture): it closes
+    Django's open connections and makes ``django.db.connections`` read the new aliases. Returns the
+    settings it applied (see ``django_settings`` for the keyword arguments).
+    """
+    from django.conf import settings
+    from django.db import connections
+
+    values = django_settings(cluster, **kwargs)
+    connections.close_all()
+    settings.DATABASES = values["DATABASES"]
+    settings.REPLICAROUTER = values["REPLICAROUTER"]
+    # ConnectionHandler caches the DATABASES it read first; make it read them again
+    connections._settings = connections.configure_settings(None)
+    connections._connections = type(connections._connections)(connections.thread_critical)
+    return values
+
+
+def docker_available(timeout: float = 3.0) -> bool:
+    """Return whether a Docker engine answers (not merely whether the docker CLI is installed)."""
+    try:
+        import docker  # type: ignore[import-untyped]
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def cluster(backend: Backend | None = None, **kwargs: Any) -> ClusterBase:
+    """Return a cluster (not yet started) for this machine: local binaries if present, else Docker.
+
+    ``backend`` (or the ``REPLICAROUTER_CLUSTER_BACKEND`` environment variable) forces ``local`` or
+    ``docker``; keyword arguments go to the cluster class.
+    """
+    choice = backend or os.environ.get("REPLICAROUTER_CLUSTER_BACKEND") or "auto"
+    if choice not in ("auto", "local", "docker"):
+        raise ClusterError(f"unknown cluster backend {choice!r}: use auto, local or docker")
+    if choice != "docker":
+        try:
+            binaries = find_binaries()
+        except BinariesNotFound as exc:
+            if choice == "local" or not docker_available():
+                raise
+            logger.info("PostgreSQL binaries missing (%s): using Docker", exc)
+        else:
+            from .local import LocalCluster
+
+            return LocalCluster(binaries=binaries, **kwargs)
+    elif not docker_available():
+        raise ClusterError("REPLICAROUTER_CLUSTER_BACKEND=docker but no Docker engine answers")
+    from .docker import DockerCluster
+
+    return DockerCluster(**kwargs)
