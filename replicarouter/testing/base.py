@@ -172,6 +172,8 @@ class ClusterBase:
         self.redis_port = 0
         self.faults = Faults()
         self.promoted = False
+        #: who started the cluster; ``down`` without arguments stops the ones started by the CLI's ``up``
+        self.started_by = "python"
 
     # -- topology -------------------------------------------------------------------------------------------
 

@@ -292,6 +292,7 @@ class LocalCluster(ClusterBase):
         assert self.dir is not None
         record = {
             "owner_pid": os.getpid(),
+            "started_by": self.started_by,
             "dir": str(self.dir),
             "created": time.time(),
             "os_user": self._os_user.name if self._os_user else None,

@@ -93,3 +93,22 @@ def cluster(backend: Backend | None = None, **kwargs: Any) -> ClusterBase:
     from .docker import DockerCluster
 
     return DockerCluster(**kwargs)
+
+
+def environment(cluster: ClusterBase) -> dict[str, str]:
+    """Return environment variables describing ``cluster`` (what ``up`` prints as ``export`` lines).
+
+    ``REPLICAROUTER_PRIMARY_URL``, ``REPLICAROUTER_REPLICA_URLS`` (comma separated) and
+    ``REPLICAROUTER_REDIS_URL`` for settings modules; ``PGHOST``/``PGPORT``/``PGUSER``/``PGDATABASE`` so
+    that ``psql`` reaches the primary.
+    """
+    primary = cluster.primary
+    return {
+        "REPLICAROUTER_PRIMARY_URL": primary.url,
+        "REPLICAROUTER_REPLICA_URLS": ",".join(replica.url for replica in cluster.replicas),
+        "REPLICAROUTER_REDIS_URL": cluster.redis_url,
+        "PGHOST": primary.host,
+        "PGPORT": str(primary.port),
+        "PGUSER": primary.user,
+        "PGDATABASE": primary.dbname,
+    }
