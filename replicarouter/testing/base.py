@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -73,7 +73,12 @@ class Node:
     @property
     def dsn(self) -> str:
         """Return a libpq keyword/value connection string for this node."""
-        parts = [f"host={self.host}", f"port={self.port}", f"dbname={self.dbname}", f"user={self.user}"]
+        parts = [
+            f"host={self.host}",
+            f"port={self.port}",
+            f"dbname={self.dbname}",
+            f"user={self.user}",
+        ]
         if self.password:
             parts.append(f"password={self.password}")
         return " ".join(parts)
@@ -101,7 +106,7 @@ class Node:
         """Open a new autocommit psycopg2 connection to this node (the caller closes it)."""
         import psycopg2
 
-        conn = psycopg2.connect(
+        conn: PgConnection = psycopg2.connect(
             host=self.host,
             port=self.port,
             dbname=dbname or self.dbname,
@@ -114,7 +119,9 @@ class Node:
         conn.autocommit = True
         return conn
 
-    def query(self, sql: str, params: Iterable[Any] | None = None, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None, timeout: float = 5.0
+    ) -> list[tuple[Any, ...]]:
         """Run one statement on a fresh connection and return its rows (empty for statements without any)."""
         conn = self.connect(timeout=timeout)
         try:
@@ -125,7 +132,7 @@ class Node:
         finally:
             conn.close()
 
-    def scalar(self, sql: str, params: Iterable[Any] | None = None, timeout: float = 5.0) -> Any:
+    def scalar(self, sql: str, params: Sequence[Any] | None = None, timeout: float = 5.0) -> Any:
         """Run one statement and return the first column of its first row."""
         rows = self.query(sql, params, timeout=timeout)
         return rows[0][0] if rows else None
@@ -137,7 +144,7 @@ class Node:
     def accepts_connections(self, timeout: float = 2.0) -> bool:
         """Return whether a new connection plus ``SELECT 1`` succeeds within ``timeout``."""
         try:
-            return self.scalar("SELECT 1", timeout=timeout) == 1
+            return bool(self.scalar("SELECT 1", timeout=timeout) == 1)
         except Exception:
             return False
 
@@ -175,7 +182,7 @@ class ClusterBase:
         #: who started the cluster; ``down`` without arguments stops the ones started by the CLI's ``up``
         self.started_by = "python"
 
-    # -- topology -------------------------------------------------------------------------------------------
+    # -- topology ---------------------------------------------------------------------------------
 
     @property
     def primary(self) -> Node:
@@ -203,7 +210,7 @@ class ClusterBase:
         """Return the ``redis://`` URL of the cluster's Redis (database 0)."""
         return f"redis://{self.redis_host}:{self.redis_port}/0"
 
-    # -- lifecycle (backend specific) ----------------------------------------------------------------------
+    # -- lifecycle (backend specific) -------------------------------------------------------------
 
     def up(self) -> Self:
         raise NotImplementedError
@@ -252,7 +259,7 @@ class ClusterBase:
         """Return the ``primary_conninfo`` with which ``follower`` streams from ``upstream``."""
         raise NotImplementedError
 
-    # -- WAL positions --------------------------------------------------------------------------------------
+    # -- WAL positions ----------------------------------------------------------------------------
 
     def current_lsn(self) -> str:
         """Return the primary's current WAL write position (``pg_current_wal_lsn()``)."""
@@ -264,7 +271,7 @@ class ClusterBase:
         return None if value is None else str(value)
 
     def lag_bytes(self, node: str | Node, target_lsn: str | None = None) -> int:
-        """Return how many bytes of WAL ``node`` has still to replay to reach ``target_lsn`` (default: now)."""
+        """Return how many bytes of WAL ``node`` must still replay to reach ``target_lsn`` (default: now)."""
         target = target_lsn or self.current_lsn()
         value = self.node(node).scalar(
             "SELECT pg_wal_lsn_diff(%s::pg_lsn, coalesce(pg_last_wal_replay_lsn(), '0/0'::pg_lsn))",
@@ -272,9 +279,7 @@ class ClusterBase:
         )
         return max(0, int(value))
 
-    def wait_caught_up(
-        self, nodes: Iterable[str | Node] | None = None, timeout: float | None = None
-    ) -> str:
+    def wait_caught_up(self, nodes: Iterable[str | Node] | None = None, timeout: float | None = None) -> str:
         """Wait until the replicas (default: all running, unpaused ones) replayed the primary's current WAL.
 
         Return the position waited for.
@@ -305,7 +310,11 @@ class ClusterBase:
             rows = replica.query("SELECT status, sender_port FROM pg_stat_wal_receiver")
             return bool(rows) and rows[0][0] == "streaming" and self._is_sender(primary, rows[0][1])
 
-        wait_for(f"{replica.name} to stream from {primary.name}", streaming, timeout=timeout or self.timeout)
+        wait_for(
+            f"{replica.name} to stream from {primary.name}",
+            streaming,
+            timeout=timeout or self.timeout,
+        )
 
     def _is_sender(self, primary: Node, sender_port: int | None) -> bool:
         """Return whether a WAL receiver's ``sender_port`` designates ``primary`` (backends may override)."""
@@ -362,7 +371,11 @@ class ClusterBase:
             shown = str(replica.scalar("SHOW recovery_min_apply_delay"))
             return _setting_millis(shown) == _setting_millis(expected)
 
-        wait_for(f"recovery_min_apply_delay={expected} on {replica.name}", applied, timeout=timeout or self.timeout)
+        wait_for(
+            f"recovery_min_apply_delay={expected} on {replica.name}",
+            applied,
+            timeout=timeout or self.timeout,
+        )
         if millis <= 0:
             self.faults.delayed.discard(replica.name)
         logger.info("replay delay on %s set to %s", replica.name, expected)
@@ -433,7 +446,7 @@ class ClusterBase:
         replica.query("SELECT pg_reload_conf()")
         self.wait_streaming(replica, timeout=timeout)
 
-    # -- undo -------------------------------------------------------------------------------------------------
+    # -- undo -------------------------------------------------------------------------------------
 
     def heal(self) -> None:
         """Undo every fault still applied: thaw, start, resume, remove delays, start Redis.
@@ -471,7 +484,7 @@ class ClusterBase:
         finally:
             self.heal()
 
-    # -- Django helpers ------------------------------------------------------------------------------------
+    # -- Django helpers ---------------------------------------------------------------------------
 
     def databases(self, engine: str = DEFAULT_ENGINE, primary_alias: str = "default") -> dict[str, Any]:
         """Return Django ``DATABASES``: the primary as ``primary_alias``, replicas under their node names.

@@ -121,7 +121,11 @@ def find_pg_bindir(
 def find_redis_server(
     env: Mapping[str, str] | None = None,
     which: Callable[[str], str | None] = shutil.which,
-    fallbacks: Sequence[str] = ("/usr/bin/redis-server", "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server"),
+    fallbacks: Sequence[str] = (
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+        "/opt/homebrew/bin/redis-server",
+    ),
 ) -> Path:
     """Return the redis-server executable, or raise BinariesNotFound saying how to install it."""
     env = os.environ if env is None else env
@@ -138,13 +142,19 @@ def find_redis_server(
     for path in fallbacks:
         if os.access(path, os.X_OK):
             return Path(path)
-    raise BinariesNotFound(f"redis-server not found on PATH nor in {', '.join(fallbacks)}. {REDIS_INSTALL_HINT}")
+    raise BinariesNotFound(
+        f"redis-server not found on PATH nor in {', '.join(fallbacks)}. {REDIS_INSTALL_HINT}"
+    )
 
 
 def pg_major_version(bindir: Path) -> int:
     """Return the major version of the ``postgres`` program in ``bindir`` (``postgres --version``)."""
     out = subprocess.run(
-        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10, check=True
+        [str(bindir / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
     ).stdout
     match = re.search(r"(\d+)(?:\.\d+)?", out)
     if not match:

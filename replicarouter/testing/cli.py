@@ -91,7 +91,12 @@ def cluster_status(directory: Path) -> dict[str, Any]:
     record = registry.read_record(directory) or {}
     settings = record.get("settings") or {}
     nodes = [
-        {"name": n["name"], "port": n["port"], "configured_role": n["role"], "state": _node_state(n)}
+        {
+            "name": n["name"],
+            "port": n["port"],
+            "configured_role": n["role"],
+            "state": _node_state(n),
+        }
         for n in settings.get("nodes", [])
     ]
     redis_url = settings.get("redis_url", "")
@@ -122,9 +127,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"  {node['name']:<10} :{node['port']:<6} {node['state']}\n")
         out.write(f"  {'redis':<10} {status['redis']['url']} {status['redis']['state']}\n")
     healthy = bool(statuses) and all(
-        s["owner_alive"]
-        and s["redis"]["state"] == "up"
-        and all(n["state"] != "down" for n in s["nodes"])
+        s["owner_alive"] and s["redis"]["state"] == "up" and all(n["state"] != "down" for n in s["nodes"])
         for s in statuses
     )
     return 0 if healthy else 1

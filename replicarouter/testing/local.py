@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from . import procs, registry
-from .base import ClusterBase, ClusterError, Node, StopMode, STOP_MODES, wait_for
+from .base import STOP_MODES, ClusterBase, ClusterError, Node, StopMode, wait_for
 from .binaries import Binaries, find_binaries
 
 logger = logging.getLogger("replicarouter.testing")
@@ -87,7 +87,7 @@ class LocalCluster(ClusterBase):
         self._os_user: procs.OsUser | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------------------------
+    # -- lifecycle --------------------------------------------------------------------------------
 
     def up(self) -> Self:
         """Start every server and wait until each replica streams from the primary."""
@@ -149,7 +149,7 @@ class LocalCluster(ClusterBase):
         """Return whether ``up()`` ran and ``down()`` has not."""
         return self._finalizer is not None and self._finalizer.alive
 
-    # -- building ---------------------------------------------------------------------------------------------
+    # -- building ---------------------------------------------------------------------------------
 
     def datadir(self, node: str | Node) -> Path:
         """Return the data directory of ``node``."""
@@ -163,7 +163,9 @@ class LocalCluster(ClusterBase):
 
     def _run(self, *args: str, timeout: float | None = None, env: dict[str, str] | None = None) -> str:
         assert self.dir is not None and self._os_user is not None
-        return procs.run(args, user=self._os_user, cwd=self.dir, timeout=timeout or self.timeout, env=env).stdout
+        return procs.run(
+            args, user=self._os_user, cwd=self.dir, timeout=timeout or self.timeout, env=env
+        ).stdout
 
     def _spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         assert self.dir is not None and self._os_user is not None
@@ -309,7 +311,7 @@ class LocalCluster(ClusterBase):
             conninfo += f" password={self.password}"
         return conninfo
 
-    # -- node faults -------------------------------------------------------------------------------------------
+    # -- node faults ------------------------------------------------------------------------------
 
     def postmaster_pid(self, node: str | Node) -> int | None:
         """Return the pid of ``node``'s postmaster, or None when it is not running."""
@@ -399,7 +401,7 @@ class LocalCluster(ClusterBase):
         self._after_restart(target)
         logger.info("thawed %s", target.name)
 
-    # -- redis ------------------------------------------------------------------------------------------------
+    # -- redis ------------------------------------------------------------------------------------
 
     def _start_redis_process(self) -> None:
         assert self.dir is not None and self.binaries is not None
@@ -427,7 +429,11 @@ class LocalCluster(ClusterBase):
         def state_reached() -> bool:
             return redis_ping(self.redis_host, self.redis_port) is up
 
-        wait_for(f"redis on :{self.redis_port} to be {'up' if up else 'down'}", state_reached, timeout=self.timeout)
+        wait_for(
+            f"redis on :{self.redis_port} to be {'up' if up else 'down'}",
+            state_reached,
+            timeout=self.timeout,
+        )
 
     def stop_redis(self) -> None:
         """Stop the cluster's Redis (SIGTERM, nothing is saved); return once its port refuses connections."""

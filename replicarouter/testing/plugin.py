@@ -42,7 +42,9 @@ def pytest_addoption(parser: Any) -> None:
         default=None,
         help="number of streaming replicas in the replica_cluster fixture (default 2)",
     )
-    parser.addini("replica_cluster_replicas", "number of replicas of the replica_cluster fixture", default="2")
+    parser.addini(
+        "replica_cluster_replicas", "number of replicas of the replica_cluster fixture", default="2"
+    )
 
 
 _SESSION_CLUSTER = pytest.StashKey[ClusterBase | None]()

@@ -223,14 +223,13 @@ def spawn(
 
 def finish(proc: subprocess.Popen[str], timeout: float) -> None:
     """Wait for a process started by ``spawn``; raise ClusterError with its output when it failed."""
+    command = " ".join(str(arg) for arg in proc.args) if isinstance(proc.args, list) else str(proc.args)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         proc.kill()
         proc.communicate()
-        raise ClusterError(f"`{' '.join(map(str, proc.args))}` did not finish within {timeout:.0f} s") from exc  # type: ignore[arg-type]
+        raise ClusterError(f"`{command}` did not finish within {timeout:.0f} s") from exc
     if proc.returncode != 0:
         output = (err or out).strip()
-        raise ClusterError(
-            f"`{' '.join(map(str, proc.args))}` failed with exit status {proc.returncode}: {output}"  # type: ignore[arg-type]
-        )
+        raise ClusterError(f"`{command}` failed with exit status {proc.returncode}: {output}")

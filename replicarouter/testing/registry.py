@@ -30,7 +30,9 @@ REDIS_PIDFILE = "redis.pid"
 def runtime_root() -> Path:
     """Return the directory holding this user's local clusters (``REPLICAROUTER_TESTING_DIR`` overrides)."""
     override = os.environ.get("REPLICAROUTER_TESTING_DIR")
-    root = Path(override) if override else Path(tempfile.gettempdir()) / f"replicarouter-testing-{os.geteuid()}"
+    root = (
+        Path(override) if override else Path(tempfile.gettempdir()) / f"replicarouter-testing-{os.geteuid()}"
+    )
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
     # the servers may run as another user (postgres, when we are root): let it reach its own directories
     root.chmod(0o755)

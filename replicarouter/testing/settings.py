@@ -55,7 +55,7 @@ def configure_django(cluster: ClusterBase, **kwargs: Any) -> dict[str, Any]:
 def docker_available(timeout: float = 3.0) -> bool:
     """Return whether a Docker engine answers (not merely whether the docker CLI is installed)."""
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
     except ImportError:
         return False
     try:

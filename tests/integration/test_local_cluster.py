@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import signal
 import subprocess
 import sys
 import time
@@ -17,8 +16,7 @@ import psycopg2.errors
 import pytest
 import redis
 
-from replicarouter.testing import ClusterError, LocalCluster
-from replicarouter.testing import procs, registry
+from replicarouter.testing import ClusterError, LocalCluster, procs, registry
 from replicarouter.testing.base import wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,15 +45,14 @@ def _server_pids(cluster: LocalCluster) -> list[int]:
     return [*pids, redis_pid]
 
 
-# -- topology --------------------------------------------------------------------------------------------
+# -- topology ------------------------------------------------------------------------------------
 
 
 def test_replicas_stream_from_primary_and_are_read_only(replica_cluster):
     primary = replica_cluster.primary
     assert not primary.is_in_recovery()
     streaming = {
-        row[0]: row[1]
-        for row in primary.query("SELECT application_name, state FROM pg_stat_replication")
+        row[0]: row[1] for row in primary.query("SELECT application_name, state FROM pg_stat_replication")
     }
     assert streaming == {"replica1": "streaming", "replica2": "streaming"}
     for replica in replica_cluster.replicas:
@@ -89,10 +86,13 @@ def test_node_settings_and_dsn_reach_the_node(replica_cluster):
     settings = replica_cluster.databases()
     assert settings["default"]["PORT"] == str(primary.port)
     assert settings["replica1"]["TEST"] == {"MIRROR": "default"}
-    assert replica_cluster.replicarouter_settings()["CLUSTERS"]["default"]["REPLICAS"] == ["replica1", "replica2"]
+    assert replica_cluster.replicarouter_settings()["CLUSTERS"]["default"]["REPLICAS"] == [
+        "replica1",
+        "replica2",
+    ]
 
 
-# -- replay faults -----------------------------------------------------------------------------------------
+# -- replay faults -------------------------------------------------------------------------------
 
 
 def test_pause_replay_keeps_replica_behind_and_resume_catches_up(replica_cluster):
@@ -125,7 +125,11 @@ def test_delay_replay_delays_visibility(replica_cluster):
         committed = time.monotonic()
         replica_cluster.wait_caught_up(["replica1"])
         assert _count(replica_cluster.node("replica2"), table) == 0
-        wait_for("the delayed row", lambda: _count(replica_cluster.node("replica2"), table) == 1, timeout=10)
+        wait_for(
+            "the delayed row",
+            lambda: _count(replica_cluster.node("replica2"), table) == 1,
+            timeout=10,
+        )
         assert time.monotonic() - committed >= 1.0
     finally:
         replica_cluster.delay_replay("replica2", 0)
@@ -147,7 +151,7 @@ def test_terminate_backends_kills_client_connections(replica_cluster):
     assert replica.scalar("SELECT 1") == 1
 
 
-# -- process faults ----------------------------------------------------------------------------------------
+# -- process faults ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate", "kill"])
@@ -236,7 +240,7 @@ def test_fault_controls_reject_bad_arguments(replica_cluster):
         replica_cluster.promote("primary")
 
 
-# -- promotion and lifecycle (own clusters) ---------------------------------------------------------------
+# -- promotion and lifecycle (own clusters) ------------------------------------------------------
 
 
 def test_promote_makes_replica_writable_and_other_replica_follows(replica_cluster_factory):
@@ -320,7 +324,10 @@ def test_leftovers_of_a_killed_run_are_reaped():
     assert directory.exists() and procs.alive(data["pid"])
     assert not registry.owner_alive(directory)
     result = subprocess.run(
-        [sys.executable, "-m", "replicarouter.testing", "down", "--all"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "replicarouter.testing", "down", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert str(directory) in result.stdout
