@@ -89,25 +89,45 @@ def _teardown(resources: _Resources) -> None:
     """Remove every container (paused and stopped ones too) and then the network; ignore what is gone."""
     for container in reversed(resources.containers):
         try:
-            container.stop()  # testcontainers: remove(force=True, v=True), then close its client
-        except Exception:
-            try:  # some engines refuse to remove a paused container
-                wrapped = container.get_wrapped_container()
-                with contextlib.suppress(Exception):
-                    wrapped.unpause()
-                container.stop()
-            except Exception as exc:
-                logger.warning("could not remove container %s: %s", container.image, exc)
+            _remove(container)
+        except Exception as exc:
+            logger.warning("could not remove a container of %s: %s", container.image, exc)
     resources.containers.clear()
     network, resources.network = resources.network, None
     if network is not None:
+        from docker.errors import NotFound
+
         try:
             network.remove()
+        except NotFound:
+            pass
         except Exception as exc:
             logger.warning("could not remove Docker network %s: %s", network.name, exc)
         client = getattr(network, "_docker", None)  # testcontainers' Network never closes its client
         with contextlib.suppress(Exception):
             client.client.close()  # type: ignore[union-attr]
+
+
+def _remove(container: DockerContainer) -> None:
+    """Force-remove one container with its anonymous volumes (if it was created) and close its client."""
+    from docker.errors import NotFound
+
+    try:
+        try:
+            wrapped = container.get_wrapped_container()
+        except Exception:
+            return  # never created
+        try:
+            wrapped.remove(force=True, v=True)
+        except NotFound:
+            pass
+        except Exception:  # some engines refuse to remove a paused container
+            with contextlib.suppress(Exception):
+                wrapped.unpause()
+            wrapped.remove(force=True, v=True)
+    finally:
+        with contextlib.suppress(Exception):
+            container.get_docker_client().client.close()
 
 
 def _conninfo_value(value: str) -> str:
@@ -169,14 +189,13 @@ class DockerCluster(ClusterBase):
     def up(self) -> Self:
         """Start every container and wait until each replica streams and Redis answers PING."""
         if self._finalizer is not None:
-            raise ClusterError("this cluster is already up")
+            raise ClusterError("this cluster was started already (a DockerCluster starts once)")
         try:
             import docker.errors
             from testcontainers.core.network import Network
         except ImportError as exc:
             raise ClusterError(
-                f"the Docker backend needs testcontainers ({exc}): "
-                "pip install 'django-replicarouter[docker]'"
+                f"the Docker backend needs testcontainers ({exc}): pip install 'django-replicarouter[docker]'"
             ) from exc
         started = time.monotonic()
         # from here on, whatever happens, the containers and the network go away with this object
@@ -282,7 +301,7 @@ class DockerCluster(ClusterBase):
                     raise
                 logger.info("host port %d was taken before %s started: retrying", port, name)
                 self._resources.containers.remove(container)
-                _teardown(_Resources([container]))
+                _remove(container)
                 port = free_ports(1)[0]
             else:
                 return container, port
@@ -334,7 +353,7 @@ class DockerCluster(ClusterBase):
 
     def _redis_container(self, port: int) -> DockerContainer:
         container = self._container("redis", self.redis_image, port, REDIS_PORT)
-        container.with_command(["redis-server", "--save", "", "--appendonly", "no"])
+        container.with_command(["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
         container.with_kwargs(labels=self._labels("redis"))
         return container
 
@@ -443,10 +462,17 @@ class DockerCluster(ClusterBase):
             raise ClusterError(f"{target.name} is not running (container {state})")
         self.faults.stopped.add(target.name)
         if mode == "kill":
-            container.kill(signal="SIGKILL")  # Docker resumes a paused container after signalling it
-            if state == "paused":
-                with contextlib.suppress(Exception):
-                    container.unpause()
+            try:
+                container.kill(signal="SIGKILL")  # Docker resumes a paused container after signalling it
+            except Exception:
+                if state != "paused":
+                    raise
+                container.unpause()  # an engine that will not signal a paused container
+                container.kill(signal="SIGKILL")
+            else:
+                if state == "paused":
+                    with contextlib.suppress(Exception):
+                        container.unpause()
         else:
             if state == "paused":  # a frozen postmaster cannot act on the signal
                 container.unpause()
@@ -458,7 +484,9 @@ class DockerCluster(ClusterBase):
             timeout=self.timeout,
             interval=POLL_INTERVAL,
         )
-        wait_for(f"{target.name} to refuse connections", lambda: not port_open(target.port), timeout=self.timeout)
+        wait_for(
+            f"{target.name} to refuse connections", lambda: not port_open(target.port), timeout=self.timeout
+        )
         logger.info("stopped %s (mode %s)", target.name, mode)
 
     def start(self, node: str | Node) -> None:

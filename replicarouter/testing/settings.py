@@ -46,9 +46,12 @@ def configure_django(cluster: ClusterBase, **kwargs: Any) -> dict[str, Any]:
     connections.close_all()
     settings.DATABASES = values["DATABASES"]
     settings.REPLICAROUTER = values["REPLICAROUTER"]
-    # ConnectionHandler caches the DATABASES it read first; make it read them again
-    connections._settings = connections.configure_settings(None)
-    connections._connections = type(connections._connections)(connections.thread_critical)
+    # ConnectionHandler caches the DATABASES it read first (a cached_property): make it read them again
+    connections._settings = None
+    connections.__dict__.pop("settings", None)
+    from asgiref.local import Local
+
+    connections._connections = Local(connections.thread_critical)
     return values
 
 
