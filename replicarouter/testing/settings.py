@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import warnings
 from typing import Any, Literal
 
 from .base import DEFAULT_ENGINE, ClusterBase, ClusterError
@@ -61,14 +63,20 @@ def docker_available(timeout: float = 3.0) -> bool:
         import docker
     except ImportError:
         return False
-    try:
-        client = docker.from_env(timeout=int(timeout))
+    with warnings.catch_warnings():
+        # the docker SDK leaks its socket when no engine answers; collect it here, quietly, rather than
+        # let its ResourceWarning surface in whatever code the garbage collector next interrupts
+        warnings.simplefilter("ignore", ResourceWarning)
         try:
-            return bool(client.ping())
+            client = docker.from_env(timeout=int(timeout))
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except Exception:
+            return False
         finally:
-            client.close()
-    except Exception:
-        return False
+            gc.collect()
 
 
 def cluster(backend: Backend | None = None, **kwargs: Any) -> ClusterBase:
