@@ -489,12 +489,14 @@ class ClusterBase:
     def databases(self, engine: str = DEFAULT_ENGINE, primary_alias: str = "default") -> dict[str, Any]:
         """Return Django ``DATABASES``: the primary as ``primary_alias``, replicas under their node names.
 
-        Replicas get ``TEST = {"MIRROR": primary_alias}`` so that Django's test runner does not create test
-        databases on read-only servers.
+        Replicas get ``TEST = {"MIRROR": primary_alias, "MIRROR_CONNECTION": False}``: Django's test runner
+        does not create test databases on read-only servers, and the replicas keep reading from their own
+        server, which receives the test database by replication.
         """
         databases: dict[str, Any] = {primary_alias: self.primary.settings(engine)}
         for replica in self.replicas:
-            databases[replica.name] = replica.settings(engine, TEST={"MIRROR": primary_alias})
+            test = {"MIRROR": primary_alias, "MIRROR_CONNECTION": False}
+            databases[replica.name] = replica.settings(engine, TEST=test)
         return databases
 
     def replicarouter_settings(self, primary_alias: str = "default", **extra: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.integration
 
 SETTINGS = """
 SECRET_KEY = "test"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "replicarouter"]
 DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "placeholder"}}
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
@@ -20,11 +20,12 @@ from replicarouter.testing import configure_django
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(replica_cluster):
-    # the ENGINE will be replicarouter.backends.postgresql (the default) once that backend lands
-    configure_django(replica_cluster, engine="django.db.backends.postgresql")
+    configure_django(replica_cluster)  # ENGINE replicarouter.backends.postgresql: pooled connections
 """
 
 TESTS = """
+import threading
+
 import pytest
 from django.contrib.auth.models import User
 from django.db import connections
@@ -41,11 +42,25 @@ def test_write_on_primary_read_on_replica(replica_cluster):
         )
         assert cursor.fetchone() == (replica.port, True, "test_replicarouter")
     assert User.objects.using("replica2").filter(username="alice").exists()
+
+    # other threads leave idle pooled connections to the test database behind: the test database
+    # must still be dropped at the end of the run (pools are disposed first)
+    def worker():
+        assert User.objects.count() == 1
+        connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 """
 
 
 def test_pytest_django_suite_runs_on_the_cluster(pytester):
     pytester.makeini("[pytest]\npythonpath = .\nDJANGO_SETTINGS_MODULE = rr_settings\n")
     pytester.makepyfile(rr_settings=SETTINGS, conftest=CONFTEST, test_recipe=TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--ds=rr_settings", "-W", "error")
     result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*being accessed by other users*")
+    result.stderr.no_fnmatch_line("*being accessed by other users*")

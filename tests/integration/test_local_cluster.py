@@ -85,7 +85,7 @@ def test_node_settings_and_dsn_reach_the_node(replica_cluster):
         conn.close()
     settings = replica_cluster.databases()
     assert settings["default"]["PORT"] == str(primary.port)
-    assert settings["replica1"]["TEST"] == {"MIRROR": "default"}
+    assert settings["replica1"]["TEST"] == {"MIRROR": "default", "MIRROR_CONNECTION": False}
     assert replica_cluster.replicarouter_settings()["CLUSTERS"]["default"]["REPLICAS"] == [
         "replica1",
         "replica2",

@@ -37,7 +37,7 @@ def test_c_factory_cluster_is_separate(replica_cluster, replica_cluster_factory)
 def test_plugin_undoes_faults_between_tests(pytester):
     """Fault: a test pauses replay, freezes a replica and stops Redis, then ends without undoing it."""
     pytester.makepyfile(FAULT_LEAK_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:django", "-v")
     result.assert_outcomes(passed=3)
 
 

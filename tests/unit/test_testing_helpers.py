@@ -34,7 +34,7 @@ def test_django_settings_map_primary_and_replicas():
         "PORT": "5501",
     }
     assert databases["replica2"]["PORT"] == "5503"
-    assert databases["replica2"]["TEST"] == {"MIRROR": "default"}
+    assert databases["replica2"]["TEST"] == {"MIRROR": "default", "MIRROR_CONNECTION": False}
     assert values["REPLICAROUTER"] == {
         "CLUSTERS": {"default": {"PRIMARY": "default", "REPLICAS": ["replica1", "replica2"]}},
         "REDIS_URL": "redis://127.0.0.1:6400/0",
@@ -45,7 +45,7 @@ def test_django_settings_map_primary_and_replicas():
 def test_custom_engine_and_primary_alias():
     values = django_settings(_cluster(), engine="django.db.backends.postgresql", primary_alias="main")
     assert values["DATABASES"]["main"]["ENGINE"] == "django.db.backends.postgresql"
-    assert values["DATABASES"]["replica1"]["TEST"] == {"MIRROR": "main"}
+    assert values["DATABASES"]["replica1"]["TEST"] == {"MIRROR": "main", "MIRROR_CONNECTION": False}
     assert values["REPLICAROUTER"]["CLUSTERS"]["default"]["PRIMARY"] == "main"
 
 
@@ -116,7 +116,7 @@ def test_plugin_skips_without_servers_locally(pytester, monkeypatch, tmp_path):
     monkeypatch.setenv("REPLICAROUTER_CLUSTER_BACKEND", "local")
     monkeypatch.setenv("REPLICAROUTER_PG_BINDIR", str(tmp_path / "missing"))
     pytester.makepyfile(PLUGIN_TEST)
-    result = pytester.runpytest("-rs")
+    result = pytester.runpytest("-rs", "-p", "no:django")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*could not start a cluster*REPLICAROUTER_PG_BINDIR*"])
 
@@ -126,6 +126,6 @@ def test_plugin_fails_without_servers_under_ci(pytester, monkeypatch, tmp_path):
     monkeypatch.setenv("REPLICAROUTER_CLUSTER_BACKEND", "local")
     monkeypatch.setenv("REPLICAROUTER_PG_BINDIR", str(tmp_path / "missing"))
     pytester.makepyfile(PLUGIN_TEST)
-    result = pytester.runpytest()
+    result = pytester.runpytest("-p", "no:django")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*CI=true: failing instead of skipping*"])
