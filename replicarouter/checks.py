@@ -35,8 +35,12 @@ def uses_pooled_backend(alias_settings: dict[str, Any]) -> bool:
 @register("replicarouter")
 def check_pooled_aliases(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Check every DATABASES alias for pool misconfiguration."""
+    return pooled_alias_messages(getattr(settings, "DATABASES", {}))
+
+
+def pooled_alias_messages(databases: dict[str, dict[str, Any]]) -> list[CheckMessage]:
+    """Return the check messages for a DATABASES setting."""
     messages: list[CheckMessage] = []
-    databases: dict[str, dict[str, Any]] = getattr(settings, "DATABASES", {})
     pooled = [alias for alias, entry in databases.items() if uses_pooled_backend(entry)]
     for alias, entry in databases.items():
         if not uses_pooled_backend(entry):
