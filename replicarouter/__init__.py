@@ -1,5 +1,36 @@
-"""Pooled primary + read replicas for Django: lag-aware routing, read-your-writes, failover."""
+"""Pooled primary + read replicas for Django: lag-aware routing, read-your-writes, failover.
+
+Nothing here reads settings or touches a database at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .exceptions import ConfigurationError, PoolExhausted, ReplicaRouterError
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ConfigurationError",
+    "PoolExhausted",
+    "ReplicaRouterError",
+    "__version__",
+    "pool_stats",
+]
+
+
+def pool_stats(alias: str | None = None) -> dict[str, dict[str, Any]]:
+    """Return this process's pool gauges and counters, by alias (one alias when given).
+
+    Per alias: ``size``, ``max_overflow``, ``checked_out``, ``overflow``, ``idle`` (gauges) and
+    ``connects``, ``checkouts``, ``waits``, ``timeouts``, ``invalidations``, ``discards``,
+    ``stale_on_checkout`` (counters since the process started).
+    """
+    from django.conf import settings
+
+    from .checks import uses_pooled_backend
+    from .pools import registry
+
+    aliases = [a for a, entry in settings.DATABASES.items() if uses_pooled_backend(entry)]
+    return {a: registry.stats(a) for a in aliases if alias is None or a == alias}

@@ -390,7 +390,8 @@ class PoolRegistry:
         for pool in self.pools(alias):
             for key, value in pool.stats().items():
                 total[key] = total.get(key, 0) + value if key not in ("size", "max_overflow") else value
-        return total or {"size": 0, "max_overflow": 0, "checked_out": 0, "overflow": 0, "idle": 0}
+        empty = {"size": 0, "max_overflow": 0, "checked_out": 0, "overflow": 0, "idle": 0}
+        return total or {**empty, **vars(PoolCounters())}
 
     def dispose(self, alias: str | None = None) -> None:
         """Close the idle connections of every pool (of one alias) and forget those pools."""

@@ -66,7 +66,10 @@ ensure_system_packages() {
     if [ ${#packages[@]} -gt 0 ]; then apt_install "${packages[@]}"; fi
 }
 
+# ensure_venv [VENV [PIP REQUIREMENT...]]: a venv with replicarouter[dev] (plus the given requirements)
 ensure_venv() {
+    local VENV="${1:-$VENV}"
+    local extra=("${@:2}")
     local python stamp
     python="$(find_python)" || { log "no Python >= 3.11 with venv found"; exit 1; }
     if [ ! -x "$VENV/bin/python" ]; then
@@ -82,7 +85,7 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
         log "installing replicarouter and its test tools into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+        "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" "${extra[@]}"
         touch "$stamp"
     fi
 }

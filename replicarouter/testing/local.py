@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -47,11 +48,17 @@ BASE_CONF: dict[str, str] = {
     "log_line_prefix": "'%m [%p] %q%a '",
 }
 
+#: with ``ssl=True``: the self-signed certificate and its key, in the cluster directory
+SSL_CERT_FILE = "server.crt"
+SSL_KEY_FILE = "server.key"
+
 
 class LocalCluster(ClusterBase):
     """A PostgreSQL primary, ``replicas`` streaming hot standbys and a Redis, on 127.0.0.1 free ports.
 
     Use it as a context manager (``with LocalCluster() as cluster:``) or call ``up()`` and ``close()``.
+    With ``ssl=True`` every server also accepts TLS, with a self-signed certificate for 127.0.0.1; node
+    settings stay the same and clients opt in (``OPTIONS={"sslmode": "require"}``).
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class LocalCluster(ClusterBase):
         root: Path | None = None,
         conf: dict[str, str] | None = None,
         redis: bool = True,
+        ssl: bool = False,
         timeout: float = 30.0,
     ) -> None:
         super().__init__()
@@ -80,6 +88,7 @@ class LocalCluster(ClusterBase):
         self.root = root
         self.extra_conf = dict(conf or {})
         self.with_redis = redis
+        self.ssl = ssl
         self.timeout = timeout
         self.dir: Path | None = None
         self.redis_proc: subprocess.Popen[bytes] | None = None
@@ -113,6 +122,8 @@ class LocalCluster(ClusterBase):
         self._write_record()
         if self.with_redis:
             self._start_redis_process()
+        if self.ssl:
+            self._make_certificate()
         self._init_primary(primary)
         self._clone_replicas()
         wait_for(
@@ -189,12 +200,37 @@ class LocalCluster(ClusterBase):
         conf["port"] = str(node.port)
         conf["cluster_name"] = f"'{node.name}'"
         conf["unix_socket_directories"] = f"'{self.dir}'"
+        if self.ssl:
+            # absolute paths into the cluster directory: the replicas' copies of this file find them too
+            conf["ssl"] = "on"
+            conf["ssl_cert_file"] = f"'{self.dir / SSL_CERT_FILE}'"
+            conf["ssl_key_file"] = f"'{self.dir / SSL_KEY_FILE}'"
         body = "".join(f"{key} = {value}\n" for key, value in conf.items())
         return f"\n# replicarouter.testing ({node.name})\n{body}"
 
     def _append_conf(self, node: Node) -> None:
         with open(self.datadir(node) / "postgresql.conf", "a") as conf:
             conf.write(self._conf_lines(node))
+
+    def _make_certificate(self) -> None:
+        """Write a self-signed certificate and its key for 127.0.0.1 into the cluster directory."""
+        assert self.dir is not None and self._os_user is not None
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise ClusterError("LocalCluster(ssl=True) needs the openssl command line tool")
+        cert, key = self.dir / SSL_CERT_FILE, self.dir / SSL_KEY_FILE
+        self._run(
+            openssl, "req", "-x509",
+            "-newkey", "rsa:2048",
+            "-nodes",
+            "-days", "2",
+            "-subj", "/CN=127.0.0.1",
+            "-keyout", str(key),
+            "-out", str(cert),
+        )  # fmt: skip
+        key.chmod(0o600)  # PostgreSQL refuses a key that others can read
+        for path in (cert, key):
+            self._os_user.chown(path)
 
     def _init_primary(self, primary: Node) -> None:
         assert self.dir is not None and self._os_user is not None

@@ -308,6 +308,18 @@ def test_pool_stats_shape(replica_cluster):
     assert pools.registry.stats(alias)["idle"] == 1
 
 
+def test_public_pool_stats_cover_every_pooled_alias(replica_cluster):
+    import replicarouter
+
+    _scalar(connections["default"], "SELECT 1")
+    connections["default"].close()
+    stats = replicarouter.pool_stats()
+    assert set(stats) == {"default", "replica1", "replica2"}
+    assert stats["default"]["checkouts"] >= 1 and stats["default"]["checked_out"] == 0
+    assert stats["replica2"]["timeouts"] == 0
+    assert replicarouter.pool_stats("replica1") == {"replica1": stats["replica1"]}
+
+
 def test_connect_failure_is_django_operational_error(replica_cluster):
     settings = dict(connections["default"].settings_dict, PORT="9")
     wrapper = DatabaseWrapper(settings, alias=_alias())
