@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -304,7 +306,18 @@ def test_interpreter_exit_cleans_up_a_cluster_never_closed():
     assert not Path(data["dir"]).exists()
 
 
-def test_leftovers_of_a_killed_run_are_reaped():
+@pytest.fixture
+def private_runtime():
+    """A runtime root of its own, so that `down --all` cannot touch the session's cluster."""
+    root = Path(tempfile.mkdtemp(prefix="rr-runtime-"))
+    root.chmod(0o755)  # the servers may run as postgres
+    try:
+        yield {**os.environ, "REPLICAROUTER_TESTING_DIR": str(root)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_leftovers_of_a_killed_run_are_reaped(private_runtime):
     """Fault: the process owning a cluster is SIGKILLed; `down --all` removes its servers and files."""
     proc = subprocess.Popen(
         [sys.executable, "-c",
@@ -312,7 +325,7 @@ def test_leftovers_of_a_killed_run_are_reaped():
          "c = LocalCluster(replicas=1).up()\n"
          "print(json.dumps({'dir': str(c.dir), 'pid': c.postmaster_pid('primary')}), flush=True)\n"
          "time.sleep(600)\n"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, env=private_runtime,
     )  # fmt: skip
     try:
         data = json.loads(proc.stdout.readline())
@@ -328,6 +341,7 @@ def test_leftovers_of_a_killed_run_are_reaped():
         capture_output=True,
         text=True,
         timeout=60,
+        env=private_runtime,
     )
     assert result.returncode == 0, result.stderr
     assert str(directory) in result.stdout

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg2
@@ -41,12 +44,24 @@ def test_plugin_undoes_faults_between_tests(pytester):
     result.assert_outcomes(passed=3)
 
 
-def test_cli_up_json_prints_working_settings_and_down_stops_it():
+@pytest.fixture
+def private_runtime():
+    """A runtime root of its own, so that `down` cannot touch any other cluster of this user."""
+    root = Path(tempfile.mkdtemp(prefix="rr-runtime-"))
+    root.chmod(0o755)  # the servers may run as postgres
+    try:
+        yield {**os.environ, "REPLICAROUTER_TESTING_DIR": str(root)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_cli_up_json_prints_working_settings_and_down_stops_it(private_runtime):
     proc = subprocess.Popen(
         [sys.executable, "-m", "replicarouter.testing", "up", "--replicas", "1", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=private_runtime,
     )
     try:
         line = proc.stdout.readline()
@@ -72,7 +87,7 @@ def test_cli_up_json_prints_working_settings_and_down_stops_it():
 
         status = subprocess.run(
             [sys.executable, "-m", "replicarouter.testing", "status", "--json"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, env=private_runtime,
         )  # fmt: skip
         assert status.returncode == 0, status.stdout
         mine = [c for c in json.loads(status.stdout)["clusters"] if c["dir"] == str(directory)]
@@ -84,8 +99,10 @@ def test_cli_up_json_prints_working_settings_and_down_stops_it():
             capture_output=True,
             text=True,
             timeout=60,
+            env=private_runtime,
         )
         assert down.returncode == 0, down.stderr
+        assert "stopped and removed" in down.stdout
         assert proc.wait(timeout=30) == 0
         assert "cluster stopped and removed" in proc.stderr.read()
         assert not directory.exists()
