@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .context import request_context, use_primary, use_replica
 from .exceptions import ConfigurationError, PoolExhausted, ReplicaRouterError
 
 __version__ = "0.1.0.dev0"
@@ -17,6 +18,9 @@ __all__ = [
     "ReplicaRouterError",
     "__version__",
     "pool_stats",
+    "request_context",
+    "use_primary",
+    "use_replica",
 ]
 
 

@@ -1,7 +1,12 @@
 """System checks: every replicarouter misconfiguration gets a stable id and a hint.
 
-Ids: E001 CONN_MAX_AGE with a pooled alias; E002 invalid POOL; E003 pool options inside OPTIONS;
+Pools: E001 CONN_MAX_AGE with a pooled alias; E002 invalid POOL; E003 pool options inside OPTIONS;
 E004 psycopg2 missing; W001 POOL on an alias that does not use the pooled backend.
+Topology and settings (found by ``topology.build`` and ``conf.settings_problems``): E010 malformed
+CLUSTERS; E011 unknown alias; E012 alias in two roles; E013 cluster alias not on the pooled backend;
+E014 bad weight; E015 primary listed as its own replica; E016 app label in two clusters; E017 invalid
+REPLICAROUTER value. Wiring: W010 router without the middleware; W011 replicas configured but the
+router not installed; W012 replica alias without TEST MIRROR.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
+from .conf import settings_problems
 from .pools import POOL_DEFAULTS, pool_settings_problems
+from .topology import build as build_topology
 
 ENGINE = "replicarouter.backends.postgresql"
 
@@ -21,8 +28,21 @@ CHECK_IDS = (
     "replicarouter.E002",
     "replicarouter.E003",
     "replicarouter.E004",
+    "replicarouter.E010",
+    "replicarouter.E011",
+    "replicarouter.E012",
+    "replicarouter.E013",
+    "replicarouter.E014",
+    "replicarouter.E015",
+    "replicarouter.E016",
+    "replicarouter.E017",
     "replicarouter.W001",
+    "replicarouter.W010",
+    "replicarouter.W011",
+    "replicarouter.W012",
 )
+ROUTER = "replicarouter.router.ReplicaRouter"
+MIDDLEWARE = "replicarouter.middleware.ReplicaRouterMiddleware"
 
 _POOL_KEYS_IN_OPTIONS = {"pool", "POOL", *POOL_DEFAULTS, *(k.lower() for k in POOL_DEFAULTS)}
 
@@ -99,4 +119,58 @@ def pooled_alias_messages(databases: dict[str, dict[str, Any]]) -> list[CheckMes
                     id="replicarouter.E004",
                 )
             )
+    return messages
+
+
+@register("replicarouter")
+def check_topology(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Check REPLICAROUTER, the cluster topology and how the router is wired."""
+    return topology_messages(
+        getattr(settings, "DATABASES", {}),
+        getattr(settings, "REPLICAROUTER", None),
+        list(getattr(settings, "DATABASE_ROUTERS", [])),
+        list(getattr(settings, "MIDDLEWARE", None) or []),
+    )
+
+
+def topology_messages(
+    databases: dict[str, Any], values: Any, routers: list[Any], middleware: list[str]
+) -> list[CheckMessage]:
+    """Return the check messages for the topology and wiring settings."""
+    clusters = values.get("CLUSTERS") if isinstance(values, dict) else None
+    built, problems = build_topology(databases, clusters)
+    problems = settings_problems(values) + problems
+    messages: list[CheckMessage] = [Error(p.msg, hint=p.hint, id=p.id) for p in problems]
+    router_installed = any(r == ROUTER or type(r).__name__ == "ReplicaRouter" for r in routers)
+    has_replicas = any(c.replicas for c in built.clusters)
+    if router_installed and MIDDLEWARE not in middleware:
+        messages.append(
+            Warning(
+                f"{ROUTER} is installed but {MIDDLEWARE} is not in MIDDLEWARE.",
+                hint="Add it (anywhere in MIDDLEWARE): without it, a write in one request does not keep that "
+                "request's later reads on the primary, and routing state can leak between requests "
+                "served by the same thread.",
+                id="replicarouter.W010",
+            )
+        )
+    if has_replicas and not router_installed and values is not None:
+        messages.append(
+            Warning(
+                "REPLICAROUTER configures replicas but the router is not in DATABASE_ROUTERS.",
+                hint=f"Add {ROUTER!r} to DATABASE_ROUTERS, or no read will ever go to a replica.",
+                id="replicarouter.W011",
+            )
+        )
+    for cluster in built.clusters:
+        for alias in cluster.replicas:
+            entry = databases.get(alias, {})
+            if not (entry.get("TEST") or {}).get("MIRROR"):
+                messages.append(
+                    Warning(
+                        f"Replica alias {alias!r} has no TEST['MIRROR']: Django's test runner would try to "
+                        "create a test database on a read-only server.",
+                        hint=f"Set DATABASES[{alias!r}]['TEST'] = {{'MIRROR': {cluster.primary!r}}}.",
+                        id="replicarouter.W012",
+                    )
+                )
     return messages

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import select
 import threading
 import time
@@ -53,19 +52,6 @@ POOL_DEFAULTS: dict[str, Any] = {
     "LIFO": True,
     "LEAK_WARNING": None,
 }
-
-#: statements after which a connection's session state may differ from a fresh one's
-_SESSION_STATE_RE = re.compile(
-    r"^\s*(?:SET(?!\s+(?:LOCAL|TRANSACTION|CONSTRAINTS)\b)|RESET|PREPARE|LISTEN|LOAD|DECLARE\b.*\bWITH\s+HOLD"
-    r"|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?(?:TEMP|TEMPORARY)\b)"
-    r"|\bpg_advisory_(?:xact_)?lock|\bset_config\s*\(",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-def changes_session_state(sql: str) -> bool:
-    """Return whether ``sql`` may leave session state behind that the next borrower must not see."""
-    return bool(_SESSION_STATE_RE.search(sql))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ DATABASES here is a placeholder: integration tests point it at the real cluster 
 """
 
 SECRET_KEY = "replicarouter-tests"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "replicarouter"]
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "replicarouter", "tests.testapp"]
 DATABASES = {
     "default": {
         "ENGINE": "replicarouter.backends.postgresql",
@@ -17,4 +17,5 @@ DATABASES = {
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 ROOT_URLCONF = "tests.urls"
-MIDDLEWARE: list[str] = []
+MIDDLEWARE = ["replicarouter.middleware.ReplicaRouterMiddleware"]
+DATABASE_ROUTERS = ["replicarouter.router.ReplicaRouter"]

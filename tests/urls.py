@@ -1,1 +1,8 @@
-urlpatterns: list[object] = []
+from django.urls import path
+
+from tests.testapp import views
+
+urlpatterns = [
+    path("write-then-read/", views.write_then_read),
+    path("async-write-then-read/", views.async_write_then_read),
+]

@@ -1,9 +1,13 @@
 """Django's postgresql backend (psycopg2) with connections borrowed from a per-alias pool.
 
-Only the connection lifecycle changes: ``connect`` borrows from ``replicarouter.pools`` (through the
-driver object Django calls ``Database.connect`` on, so Django's own ``get_new_connection`` still runs),
-``close`` gives the connection back, and a connection inherited from a parent process is dropped without
-any I/O. Pool options come from the alias's top-level ``POOL`` key, which never reaches libpq.
+Connection lifecycle: ``connect`` borrows from ``replicarouter.pools`` (through the driver object Django
+calls ``Database.connect`` on, so Django's own ``get_new_connection`` still runs), ``close`` gives the
+connection back, and a connection inherited from a parent process is dropped without any I/O. Pool
+options come from the alias's top-level ``POOL`` key, which never reaches libpq.
+
+Routing: every statement goes through ``TrackingCursor``, which tells the routing context when a
+statement writes (raw SQL and ``using()`` included, which the router never sees) and tells the pool when
+a statement changed session state; ``in_atomic_block`` is mirrored into the routing context.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any
 import psycopg2
 from django.db.backends.postgresql import base as django_base
 
-from ... import pools
+from ... import context, pools, statements
+from ...conf import topology
+from ...exceptions import ConfigurationError
 from .creation import DatabaseCreation
 
 
@@ -37,6 +43,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
     creation_class = DatabaseCreation
 
     connection: Any
+    _in_atomic_block = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -87,40 +94,72 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         return None
 
     def create_cursor(self, name: str | None = None) -> Any:
-        cursor = super().create_cursor(name)
-        if self._borrowed is not None and self._borrowed.pool.options.reset == "auto":
-            return SessionStateCursor(cursor, self._borrowed)
-        return cursor
+        return TrackingCursor(super().create_cursor(name), self)
+
+    @property
+    def in_atomic_block(self) -> bool:
+        return self._in_atomic_block
+
+    @in_atomic_block.setter
+    def in_atomic_block(self, value: bool) -> None:
+        # mirrored into a contextvar so that the router can ask without touching django.db.connections
+        self._in_atomic_block = value
+        context.set_atomic(self.alias, value)
+
+    def mark_write(self) -> None:
+        """Record that this request/task wrote through this alias (its cluster's reads go to the primary)."""
+        try:
+            cluster = topology().by_alias.get(self.alias)
+        except ConfigurationError:
+            cluster = None
+        context.mark_write(cluster.name if cluster is not None else self.alias)
 
 
-class SessionStateCursor:
-    """A cursor that notes statements leaving session state behind, so that the pool discards it."""
+class TrackingCursor:
+    """A psycopg2 cursor that notes writes (for routing) and session-state changes (for the pool reset)."""
 
-    __slots__ = ("_cursor", "_borrowed")
+    __slots__ = ("_cursor", "_wrapper")
 
-    def __init__(self, cursor: Any, borrowed: pools.Borrowed) -> None:
+    def __init__(self, cursor: Any, wrapper: DatabaseWrapper) -> None:
         self._cursor = cursor
-        self._borrowed = borrowed
+        self._wrapper = wrapper
+
+    def _track(self, sql: Any) -> None:
+        wrapper = self._wrapper
+        if statements.is_write(sql):
+            wrapper.mark_write()
+        borrowed = wrapper._borrowed
+        if borrowed is not None and not borrowed.dirty and borrowed.pool.options.reset == "auto":
+            borrowed.dirty = statements.changes_session_state(sql)
 
     def execute(self, sql: Any, params: Any = None) -> Any:
-        if not self._borrowed.dirty and isinstance(sql, str) and pools.changes_session_state(sql):
-            self._borrowed.dirty = True
+        self._track(sql)
         return self._cursor.execute(sql, params)
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
-        if not self._borrowed.dirty and isinstance(sql, str) and pools.changes_session_state(sql):
-            self._borrowed.dirty = True
+        self._track(sql)
         return self._cursor.executemany(sql, param_list)
 
     def callproc(self, *args: Any, **kwargs: Any) -> Any:
-        self._borrowed.dirty = True  # a procedure may do anything to the session
+        # a procedure may do anything: write, or change the session
+        self._wrapper.mark_write()
+        if self._wrapper._borrowed is not None:
+            self._wrapper._borrowed.dirty = True
         return self._cursor.callproc(*args, **kwargs)
+
+    def copy_expert(self, sql: Any, file: Any, *args: Any, **kwargs: Any) -> Any:
+        self._track(sql)
+        return self._cursor.copy_expert(sql, file, *args, **kwargs)
+
+    def copy_from(self, *args: Any, **kwargs: Any) -> Any:
+        self._wrapper.mark_write()
+        return self._cursor.copy_from(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in SessionStateCursor.__slots__:
+        if name in TrackingCursor.__slots__:
             object.__setattr__(self, name, value)
         else:
             setattr(self._cursor, name, value)
@@ -128,7 +167,7 @@ class SessionStateCursor:
     def __iter__(self) -> Any:
         return iter(self._cursor)
 
-    def __enter__(self) -> SessionStateCursor:
+    def __enter__(self) -> TrackingCursor:
         return self
 
     def __exit__(self, *exc: object) -> None:

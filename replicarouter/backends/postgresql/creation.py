@@ -19,11 +19,14 @@ class DatabaseCreation(django_creation.DatabaseCreation):
         pools.registry.dispose()
         return super()._create_test_db(verbosity, autoclobber, keepdb)
 
-    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> Any:
+    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
         # idle pooled connections to the test database would make DROP DATABASE fail with
-        # "database ... is being accessed by other users"
+        # "database ... is being accessed by other users"; connections still checked out by threads a
+        # test left behind would too, so (PostgreSQL 13+) the drop also ends those sessions
         pools.registry.dispose()
-        return super()._destroy_test_db(test_database_name, verbosity)
+        force = " WITH (FORCE)" if self.connection.pg_version >= 130000 else ""
+        with self._nodb_cursor() as cursor:
+            cursor.execute(f"DROP DATABASE {self.connection.ops.quote_name(test_database_name)}{force}")
 
     def set_as_test_mirror(self, primary_settings_dict: dict[str, Any]) -> None:
         """Point this alias at the database it mirrors during tests.

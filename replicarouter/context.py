@@ -1,0 +1,159 @@
+"""Per-request/per-task routing state in contextvars: forced modes, writes seen, atomic blocks open.
+
+Why contextvars: Django runs a sync request in one thread and an async one in one asyncio task (its sync
+parts in a thread that asgiref gives the task's context); contextvars follow both, so state never crosses
+threads, tasks or requests. Values stored are immutable (tuples, frozensets) or, for the request state,
+an object created per request, so a task spawned inside a request sees that request's writes and nothing
+else.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+PRIMARY = "primary"
+REPLICA = "replica"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class RequestState:
+    """What one request (or task) has done so far."""
+
+    #: names of the clusters this request wrote to
+    wrote: set[str] = field(default_factory=set)
+
+
+_forced: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("replicarouter_forced", default=())
+_state: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
+    "replicarouter_state", default=None
+)
+_atomic: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "replicarouter_atomic", default=frozenset()
+)
+
+
+# -- forced modes ------------------------------------------------------------------------------------------
+
+
+def forced_mode() -> str | None:
+    """Return the innermost ``use_primary``/``use_replica`` mode in effect, or None."""
+    stack = _forced.get()
+    return stack[-1] if stack else None
+
+
+class _Force:
+    """Context manager and decorator (sync and async) that pushes a routing mode."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    # no tokens kept on self: one instance may be entered from several threads or tasks at once, and
+    # blocks nest properly, so leaving one block is popping the top of this context's stack
+    def __enter__(self) -> None:
+        _forced.set((*_forced.get(), self.mode))
+
+    def __exit__(self, *exc: object) -> None:
+        _forced.set(_forced.get()[:-1])
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+    def __call__(self, func: F) -> F:
+        mode = self.mode
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with _Force(mode):
+                    return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _Force(mode):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+def use_primary() -> _Force:
+    """Return a context manager / decorator under which every read and write uses the primary."""
+    return _Force(PRIMARY)
+
+
+def use_replica() -> _Force:
+    """Return a context manager / decorator under which reads may use replicas even after a write.
+
+    For reports that accept staleness. Reads inside a transaction that wrote still use the primary: a
+    replica cannot see uncommitted writes.
+    """
+    return _Force(REPLICA)
+
+
+# -- request state -------------------------------------------------------------------------------------
+
+
+def current_state() -> RequestState | None:
+    """Return this request's (or task's) state, or None outside any."""
+    return _state.get()
+
+
+def wrote(cluster: str) -> bool:
+    """Return whether this request/task wrote to ``cluster``."""
+    state = _state.get()
+    return state is not None and cluster in state.wrote
+
+
+def mark_write(cluster: str) -> None:
+    """Record that this request/task wrote to ``cluster`` (outside any request: for this context on)."""
+    state = _state.get()
+    if state is None:
+        state = RequestState()
+        _state.set(state)
+    state.wrote.add(cluster)
+
+
+@contextmanager
+def request_context() -> Iterator[RequestState]:
+    """Give the code inside a fresh routing state, and restore the previous one after (even on errors).
+
+    The middleware wraps each request in one; task workers should wrap each task (see docs).
+    """
+    state_token = _state.set(RequestState())
+    forced_token = _forced.set(())
+    atomic_token = _atomic.set(frozenset())
+    try:
+        yield _state.get()  # type: ignore[misc]
+    finally:
+        _atomic.reset(atomic_token)
+        _forced.reset(forced_token)
+        _state.reset(state_token)
+
+
+# -- atomic blocks -----------------------------------------------------------------------------------------
+
+
+def in_atomic(alias: str) -> bool:
+    """Return whether an ``atomic()`` block is open on ``alias`` in this context."""
+    return alias in _atomic.get()
+
+
+def set_atomic(alias: str, value: bool) -> None:
+    """Record that ``alias`` entered or left its outermost atomic block (called by our backend)."""
+    current = _atomic.get()
+    if value and alias not in current:
+        _atomic.set(current | {alias})
+    elif not value and alias in current:
+        _atomic.set(current - {alias})

@@ -1,0 +1,79 @@
+"""``ReplicaRouter``: writes to each cluster's primary, reads to a usable replica unless that could be stale.
+
+A read goes to the primary when ``use_primary()`` is in force, when an atomic block is open on the
+primary (reads in a transaction must see its own writes and a consistent snapshot), or when this request
+or task already wrote to the cluster; otherwise to a replica chosen by ``BALANCE`` among the usable ones,
+and to the primary when none is usable. ``use_replica()`` lifts the last two rules except inside a
+transaction that wrote. Deciding does no I/O: settings and topology are cached, state is in contextvars.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import context, health, selection
+from .conf import settings, topology
+from .topology import Cluster
+
+
+def _cluster(model: Any) -> Cluster | None:
+    return topology().cluster_for_app(model._meta.app_label)
+
+
+class ReplicaRouter:
+    """Django database router for replicarouter clusters (``DATABASE_ROUTERS``)."""
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        """Return the alias that should serve a read of ``model``."""
+        cluster = _cluster(model)
+        if cluster is None:
+            return None
+        return choose_read_alias(cluster)
+
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
+        """Return the primary of the model's cluster."""
+        cluster = _cluster(model)
+        return None if cluster is None else cluster.primary
+
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        """Allow relations between objects of one cluster; refuse across clusters; else no opinion."""
+        topo = topology()
+        first = topo.by_alias.get(obj1._state.db)
+        second = topo.by_alias.get(obj2._state.db)
+        if first is None or second is None:
+            return None
+        return first is second
+
+    def allow_migrate(
+        self, db: str, app_label: str, model_name: str | None = None, **hints: Any
+    ) -> bool | None:
+        """Migrate on primaries only (replicas get schema by replication), each app on its cluster's."""
+        topo = topology()
+        role = topo.role(db)
+        if role is None:
+            return None
+        if role == "replica":
+            return False
+        return topo.by_alias[db] is topo.cluster_for_app(app_label)
+
+
+def choose_read_alias(cluster: Cluster) -> str:
+    """Return the alias for a read on ``cluster`` given the current context (see the module docstring)."""
+    primary = cluster.primary
+    mode = context.forced_mode()
+    if mode == context.PRIMARY or not cluster.replicas:
+        return primary
+    if context.in_atomic(primary):
+        if mode != context.REPLICA or context.wrote(cluster.name):
+            return primary
+    elif mode != context.REPLICA and context.wrote(cluster.name):
+        return primary
+    usable = health.usable_replicas(cluster.name)
+    balance = settings.BALANCE
+    if balance == "round_robin":
+        choice = selection.round_robin(cluster, usable)
+    elif balance == "random":
+        choice = selection.weighted_random(cluster, usable)
+    else:
+        choice = selection.least_lag(cluster, usable, health.lag_seconds(cluster.name))
+    return choice or primary
