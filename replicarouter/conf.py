@@ -161,24 +161,34 @@ def settings_problems(values: Any) -> list[topology_module.Problem]:
     return problems
 
 
-_cache: tuple[Any, Any, topology_module.Topology] | None = None
+_cache: tuple[Any, Any, topology_module.Topology, str] | None = None
 
 
-def topology() -> topology_module.Topology:
-    """Return the current topology; raise ConfigurationError if the settings describe an invalid one."""
+def _routing() -> tuple[Any, Any, topology_module.Topology, str]:
     global _cache
     databases = django_settings.DATABASES
     values = getattr(django_settings, "REPLICAROUTER", None)
     cached = _cache
     if cached is not None and cached[0] is databases and cached[1] is values:
-        return cached[2]
+        return cached
     clusters = values.get("CLUSTERS") if isinstance(values, Mapping) else None
     built, problems = topology_module.build(databases, clusters)
     if problems:
         details = "; ".join(f"{p.id}: {p.msg}" for p in problems)
         raise ConfigurationError(f"invalid replicarouter topology: {details} (run `manage.py check`)")
-    _cache = (databases, values, built)
-    return built
+    _cache = (databases, values, built, settings.BALANCE)
+    return _cache
+
+
+def topology() -> topology_module.Topology:
+    """Return the current topology; raise ConfigurationError if the settings describe an invalid one."""
+    return _routing()[2]
+
+
+def routing() -> tuple[topology_module.Topology, str]:
+    """Return the topology and the BALANCE policy, cached together for the router's hot path."""
+    cached = _routing()
+    return cached[2], cached[3]
 
 
 def reset(**kwargs: Any) -> None:

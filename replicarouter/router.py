@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import context, health, selection
-from .conf import settings, topology
+from .conf import routing, topology
 from .topology import Cluster
 
 
@@ -25,10 +25,11 @@ class ReplicaRouter:
 
     def db_for_read(self, model: Any, **hints: Any) -> str | None:
         """Return the alias that should serve a read of ``model``."""
-        cluster = _cluster(model)
+        topo, balance = routing()
+        cluster = topo.by_app.get(model._meta.app_label, topo.default)
         if cluster is None:
             return None
-        return choose_read_alias(cluster)
+        return choose_read_alias(cluster, balance)
 
     def db_for_write(self, model: Any, **hints: Any) -> str | None:
         """Return the primary of the model's cluster."""
@@ -57,7 +58,7 @@ class ReplicaRouter:
         return topo.by_alias[db] is topo.cluster_for_app(app_label)
 
 
-def choose_read_alias(cluster: Cluster) -> str:
+def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
     """Return the alias for a read on ``cluster`` given the current context (see the module docstring)."""
     primary = cluster.primary
     mode = context.forced_mode()
@@ -69,7 +70,6 @@ def choose_read_alias(cluster: Cluster) -> str:
     elif mode != context.REPLICA and context.wrote(cluster.name):
         return primary
     usable = health.usable_replicas(cluster.name)
-    balance = settings.BALANCE
     if balance == "round_robin":
         choice = selection.round_robin(cluster, usable)
     elif balance == "random":

@@ -1,4 +1,4 @@
-"""ReplicaRouter on the real cluster: every read is identified by inet_server_port() of the node serving it."""
+"""ReplicaRouter on the real cluster: each read is identified by inet_server_port() of its node."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, d
 @pytest.fixture
 def ports(replica_cluster):
     """Map server port -> alias, with one row on every node so that port reads return something."""
-    Item.objects.using("default").create(name="seed")
+    with request_context():
+        Item.objects.using("default").create(name="seed")
     replica_cluster.wait_caught_up()
     return {node.port: ("default" if node.role == "primary" else node.name) for node in replica_cluster.nodes}
 

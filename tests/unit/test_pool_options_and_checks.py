@@ -157,7 +157,7 @@ def test_check_ids_are_unique_and_each_has_a_hint():
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_checks_are_registered_with_django():
     assert list(run_checks(tags=["replicarouter"])) == []  # tests/settings.py is valid
-    with override_settings(DATABASES={"default": _alias(CONN_MAX_AGE=None)}):
+    with override_settings(DATABASES={"default": _alias(CONN_MAX_AGE=None)}, REPLICAROUTER=None):
         assert [m.id for m in run_checks(tags=["replicarouter"])] == ["replicarouter.E001"]
 
 
