@@ -1,4 +1,4 @@
-"""Django app configuration: registers system checks; starts no thread and touches no database."""
+"""Django app configuration: registers checks and task signals; starts no thread, opens no connection."""
 
 from __future__ import annotations
 
@@ -11,3 +11,6 @@ class ReplicaRouterConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
+        from .tasks import connect_celery
+
+        connect_celery()

@@ -125,21 +125,38 @@ def mark_write(cluster: str) -> None:
     state.wrote.add(cluster)
 
 
+Tokens = tuple[
+    contextvars.Token[RequestState | None],
+    contextvars.Token[tuple[str, ...]],
+    contextvars.Token[frozenset[str]],
+]
+
+
+def begin() -> Tokens:
+    """Start a fresh routing state in this context; pass the result to ``end()`` (see request_context)."""
+    return _state.set(RequestState()), _forced.set(()), _atomic.set(frozenset())
+
+
+def end(tokens: Tokens) -> None:
+    """Restore the routing state that ``begin()`` replaced."""
+    state_token, forced_token, atomic_token = tokens
+    _atomic.reset(atomic_token)
+    _forced.reset(forced_token)
+    _state.reset(state_token)
+
+
 @contextmanager
 def request_context() -> Iterator[RequestState]:
     """Give the code inside a fresh routing state, and restore the previous one after (even on errors).
 
-    The middleware wraps each request in one; task workers should wrap each task (see docs).
+    The middleware wraps each request in one, and with Celery each task gets one automatically
+    (``replicarouter.tasks``); wrap other units of work (jobs of your own worker, threads) yourself.
     """
-    state_token = _state.set(RequestState())
-    forced_token = _forced.set(())
-    atomic_token = _atomic.set(frozenset())
+    tokens = begin()
     try:
         yield _state.get()  # type: ignore[misc]
     finally:
-        _atomic.reset(atomic_token)
-        _forced.reset(forced_token)
-        _state.reset(state_token)
+        end(tokens)
 
 
 # -- atomic blocks -----------------------------------------------------------------------------------------

@@ -217,3 +217,20 @@ def test_request_context_isolates_writes_and_restores():
 
     contextvars.Context().run(scenario)  # a fresh context, as a new thread gets
     assert not context.wrote("outer")
+
+
+def test_task_signals_give_each_task_a_fresh_context():
+    from replicarouter import tasks
+
+    def worker_thread():
+        tasks.task_started(task_id="t1")
+        context.mark_write("default")
+        assert context.wrote("default")
+        tasks.task_finished(task_id="t1")
+        tasks.task_started(task_id="t2")  # the next task on the same thread
+        fresh = not context.wrote("default")
+        tasks.task_finished(task_id="t2")
+        return fresh
+
+    assert contextvars.Context().run(worker_thread)
+    assert tasks._tokens == {}
