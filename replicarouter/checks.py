@@ -1,7 +1,8 @@
 """System checks: every replicarouter misconfiguration gets a stable id and a hint.
 
 Pools: E001 CONN_MAX_AGE with a pooled alias; E002 invalid POOL; E003 pool options inside OPTIONS;
-E004 psycopg2 missing; W001 POOL on an alias that does not use the pooled backend.
+E004 psycopg2 missing; E005 psycopg 3 installed (Django would drive it instead of psycopg2);
+W001 POOL on an alias that does not use the pooled backend.
 Topology and settings (found by ``topology.build`` and ``conf.settings_problems``): E010 malformed
 CLUSTERS; E011 unknown alias; E012 alias in two roles; E013 cluster alias not on the pooled backend;
 E014 bad weight; E015 primary listed as its own replica; E016 app label in two clusters; E017 invalid
@@ -28,6 +29,7 @@ CHECK_IDS = (
     "replicarouter.E002",
     "replicarouter.E003",
     "replicarouter.E004",
+    "replicarouter.E005",
     "replicarouter.E010",
     "replicarouter.E011",
     "replicarouter.E012",
@@ -107,6 +109,16 @@ def pooled_alias_messages(databases: dict[str, dict[str, Any]]) -> list[CheckMes
                     id="replicarouter.E003",
                 )
             )
+    if pooled and _django_uses_psycopg3():
+        messages.append(
+            Error(
+                "psycopg (version 3) is installed, so Django's postgresql backend drives psycopg 3; "
+                f"{', '.join(map(repr, pooled))} use {ENGINE!r}, whose pool is built on psycopg2.",
+                hint="Remove psycopg 3 from this environment (pip uninstall psycopg psycopg-binary "
+                "psycopg-c), or run the code that needs it in another one.",
+                id="replicarouter.E005",
+            )
+        )
     if pooled:
         try:
             import psycopg2  # noqa: F401
@@ -174,3 +186,9 @@ def topology_messages(
                     )
                 )
     return messages
+
+
+def _django_uses_psycopg3() -> bool:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return bool(is_psycopg3)

@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
@@ -150,7 +150,7 @@ class Borrowed:
     pool: ConnectionPool
     fairy: Any  # sqlalchemy.pool.PoolProxiedConnection
     dirty: bool = False
-    lease: _Lease = field(default_factory=lambda: _Lease(time.monotonic(), threading.current_thread().name))
+    lease: _Lease | None = None  # only kept when LEAK_WARNING is set
 
     @property
     def connection(self) -> Any:
@@ -229,13 +229,14 @@ class ConnectionPool:
         self.counters.checkouts += 1
         borrowed = Borrowed(self, fairy)
         if self.options.leak_warning is not None:
+            borrowed.lease = _Lease(time.monotonic(), threading.current_thread().name)
             with self._lock:
                 self._leases[id(borrowed)] = borrowed.lease
         return borrowed
 
     def checkin(self, borrowed: Borrowed, *, reusable: bool = True) -> None:
         """Take a connection back: reset it and return it to the pool, or close it if it is not sound."""
-        if self.options.leak_warning is not None:
+        if self.options.leak_warning is not None and borrowed.lease is not None:
             with self._lock:
                 self._leases.pop(id(borrowed), None)
             held = time.monotonic() - borrowed.lease.since

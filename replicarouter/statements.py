@@ -1,8 +1,9 @@
 """Classify SQL statements: does this one write, does it leave session state behind? Pure functions.
 
-Both run on every statement our backend executes, so they look at the statement's first keyword and only
-scan further when that keyword leaves a doubt. When unsure, they answer in the safe direction: a
-statement of unknown kind is a write (its session's reads then stay on the primary).
+``classify`` runs on every statement our backend executes. The ORM sends the same SQL text again and
+again (parameters travel apart), so answers are cached by text: a hit costs one dict lookup. When unsure,
+answers go the safe way: a statement of unknown kind is a write (its session's reads then stay on the
+primary) and may change session state (the pool then resets the connection).
 """
 
 from __future__ import annotations
@@ -63,11 +64,31 @@ def _text(sql: Any) -> str | None:
     return None  # psycopg2.sql.Composed and friends: cannot be read without a connection
 
 
+_CACHE_LIMIT = 4096
+_cache: dict[str, tuple[bool, bool]] = {}
+
+
+def classify(sql: Any) -> tuple[bool, bool]:
+    """Return ``(is_write(sql), changes_session_state(sql))``, cached by SQL text."""
+    if isinstance(sql, str):
+        hit = _cache.get(sql)
+        if hit is not None:
+            return hit
+        result = (_text_is_write(sql), bool(_SESSION_STATE.search(sql)))
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()  # crude but bounded; ORM workloads have far fewer distinct statements
+        _cache[sql] = result
+        return result
+    return is_write(sql), changes_session_state(sql)
+
+
 def is_write(sql: Any) -> bool:
     """Return whether executing ``sql`` may change data (unknown statements count as writes)."""
     text = _text(sql)
-    if text is None:
-        return True
+    return True if text is None else _text_is_write(text)
+
+
+def _text_is_write(text: str) -> bool:
     match = _FIRST_WORD.match(text)
     if match is None:
         return bool(text.strip())

@@ -139,6 +139,13 @@ def test_psycopg2_missing_check(monkeypatch):
     assert _ids({"default": _alias()}) == ["replicarouter.E004"]
 
 
+def test_psycopg3_installed_check(monkeypatch):
+    monkeypatch.setattr(checks, "_django_uses_psycopg3", lambda: True)
+    messages = checks.pooled_alias_messages({"default": _alias()})
+    assert [m.id for m in messages] == ["replicarouter.E005"]
+    assert "pip uninstall psycopg" in messages[0].hint
+
+
 def test_valid_configuration_has_no_messages():
     assert (
         _ids({"default": _alias(POOL={"SIZE": 4}), "replica1": _alias(OPTIONS={"sslmode": "require"})}) == []

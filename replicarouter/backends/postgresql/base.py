@@ -50,6 +50,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         self.Database = PooledDriver(self)
         self._borrowed: pools.Borrowed | None = None
         self._borrowed_pid = 0
+        self._pool_cache: tuple[Any, dict[str, Any], pools.ConnectionPool] | None = None
 
     @property
     def pool_options(self) -> pools.PoolOptions:
@@ -59,7 +60,20 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
     def connection_pool(self, conn_params: dict[str, Any] | None = None) -> pools.ConnectionPool:
         """Return this process's pool for this alias (created on first use)."""
         params = self.get_connection_params() if conn_params is None else conn_params
-        return pools.registry.get(self.alias, self.pool_options, params, lambda: psycopg2.connect(**params))
+        pool_setting = self.settings_dict.get("POOL")
+        cached = self._pool_cache
+        # the same settings and parameters as last time: skip re-validating options and re-keying
+        if (
+            cached is not None
+            and cached[0] is pool_setting
+            and cached[1] == params
+            and cached[2].pid == os.getpid()
+            and not cached[2].disposed
+        ):
+            return cached[2]
+        pool = pools.registry.get(self.alias, self.pool_options, params, lambda: psycopg2.connect(**params))
+        self._pool_cache = (pool_setting, dict(params), pool)
+        return pool
 
     def _borrow(self, conn_params: dict[str, Any]) -> Any:
         borrowed = self.connection_pool(conn_params).checkout()
@@ -126,11 +140,13 @@ class TrackingCursor:
 
     def _track(self, sql: Any) -> None:
         wrapper = self._wrapper
-        if statements.is_write(sql):
+        write, session_state = statements.classify(sql)
+        if write:
             wrapper.mark_write()
-        borrowed = wrapper._borrowed
-        if borrowed is not None and not borrowed.dirty and borrowed.pool.options.reset == "auto":
-            borrowed.dirty = statements.changes_session_state(sql)
+        if session_state:
+            borrowed = wrapper._borrowed
+            if borrowed is not None:
+                borrowed.dirty = True
 
     def execute(self, sql: Any, params: Any = None) -> Any:
         self._track(sql)
