@@ -436,6 +436,20 @@ class ClusterBase:
         for replica in self.replicas:
             self._follow(replica, timeout=timeout)
 
+    def _after_restart(self, target: Node) -> None:
+        """Wait until a node started or thawed again is back in its role (streaming, re-pointed…)."""
+        wait_for(f"{target.name} to accept connections", target.accepts_connections, timeout=self.timeout)
+        primary_running = self.primary.name not in self.faults.stopped | self.faults.frozen
+        if target.role == "replica" and primary_running:
+            if self.promoted:
+                self._follow(target)
+            elif target.name not in self.faults.paused:
+                self.wait_streaming(target)
+        elif target.role == "primary":
+            for replica in self.replicas:
+                if replica.name not in self.faults.stopped | self.faults.frozen | self.faults.paused:
+                    self.wait_streaming(replica)
+
     def _follow(self, replica: Node, timeout: float | None = None) -> None:
         """Point ``replica`` at the current primary and wait until it streams from it."""
         unreachable = self.faults.stopped | self.faults.frozen

@@ -504,19 +504,6 @@ class DockerCluster(ClusterBase):
             raise ClusterError(f"{exc}\n{self._log_tail(target)}") from exc
         logger.info("started %s", target.name)
 
-    def _after_restart(self, target: Node) -> None:
-        wait_for(f"{target.name} to accept connections", target.accepts_connections, timeout=self.timeout)
-        primary_running = self.primary.name not in self.faults.stopped | self.faults.frozen
-        if target.role == "replica" and primary_running:
-            if self.promoted:
-                self._follow(target)
-            elif target.name not in self.faults.paused:
-                self.wait_streaming(target)
-        elif target.role == "primary":
-            for replica in self.replicas:
-                if replica.name not in self.faults.stopped | self.faults.frozen | self.faults.paused:
-                    self.wait_streaming(replica)
-
     def freeze(self, node: str | Node) -> None:
         """Pause ``node``'s container (``docker pause``); return once Docker reports it paused."""
         target = self.node(node)

@@ -1,3 +1,8 @@
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from replicarouter.testing import configure_django
@@ -7,3 +12,14 @@ from replicarouter.testing import configure_django
 def django_db_modify_db_settings(replica_cluster):
     """Run Django's test databases on the real cluster (primary = default, replicas = replica1/2)."""
     configure_django(replica_cluster)
+
+
+@pytest.fixture
+def private_runtime():
+    """A runtime root of its own, so that `down` / `down --all` cannot touch this user's other clusters."""
+    root = Path(tempfile.mkdtemp(prefix="rr-runtime-"))
+    root.chmod(0o755)  # the servers may run as postgres
+    try:
+        yield {**os.environ, "REPLICAROUTER_TESTING_DIR": str(root)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

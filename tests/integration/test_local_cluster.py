@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -304,17 +302,6 @@ def test_interpreter_exit_cleans_up_a_cluster_never_closed():
     data = json.loads(result.stdout)
     assert [pid for pid in data["pids"] if procs.alive(pid)] == []
     assert not Path(data["dir"]).exists()
-
-
-@pytest.fixture
-def private_runtime():
-    """A runtime root of its own, so that `down --all` cannot touch the session's cluster."""
-    root = Path(tempfile.mkdtemp(prefix="rr-runtime-"))
-    root.chmod(0o755)  # the servers may run as postgres
-    try:
-        yield {**os.environ, "REPLICAROUTER_TESTING_DIR": str(root)}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_leftovers_of_a_killed_run_are_reaped(private_runtime):

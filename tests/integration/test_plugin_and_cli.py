@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import psycopg2
@@ -42,17 +39,6 @@ def test_plugin_undoes_faults_between_tests(pytester):
     pytester.makepyfile(FAULT_LEAK_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:django", "-v")
     result.assert_outcomes(passed=3)
-
-
-@pytest.fixture
-def private_runtime():
-    """A runtime root of its own, so that `down` cannot touch any other cluster of this user."""
-    root = Path(tempfile.mkdtemp(prefix="rr-runtime-"))
-    root.chmod(0o755)  # the servers may run as postgres
-    try:
-        yield {**os.environ, "REPLICAROUTER_TESTING_DIR": str(root)}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_cli_up_json_prints_working_settings_and_down_stops_it(private_runtime):
