@@ -19,6 +19,7 @@ __all__ = [
     "__version__",
     "pool_stats",
     "request_context",
+    "status",
     "use_primary",
     "use_replica",
 ]
@@ -38,3 +39,10 @@ def pool_stats(alias: str | None = None) -> dict[str, dict[str, Any]]:
 
     aliases = [a for a, entry in settings.DATABASES.items() if uses_pooled_backend(entry)]
     return {a: registry.stats(a) for a in aliases if alias is None or a == alias}
+
+
+def status(cluster: str | None = None) -> dict[str, Any]:
+    """Return what ``manage.py replicastatus --json`` prints: every node's role, state, lag and pool use."""
+    from .status import status as _status
+
+    return _status(cluster)

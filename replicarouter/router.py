@@ -13,6 +13,7 @@ from typing import Any
 
 from . import context, health, selection
 from .conf import routing, topology
+from .health import monitor
 from .topology import Cluster
 
 
@@ -69,6 +70,7 @@ def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
             return primary
     elif mode != context.REPLICA and context.wrote(cluster.name):
         return primary
+    monitor.ensure_running()
     usable = health.usable_replicas(cluster.name)
     if balance == "round_robin":
         choice = selection.round_robin(cluster, usable)

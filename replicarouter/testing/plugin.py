@@ -17,6 +17,7 @@ database, since pytest loads it in every session of an environment that has repl
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -82,6 +83,10 @@ def replica_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterBase]:
         yield instance
     finally:
         request.config.stash[_SESSION_CLUSTER] = None
+        # a replicarouter health monitor in this process would report the shutdown as failures
+        health_monitor = sys.modules.get("replicarouter.health.monitor")
+        if health_monitor is not None:
+            health_monitor.stop()
         instance.down()
 
 

@@ -12,7 +12,9 @@ from django.db import connections, transaction
 from django.db.models.expressions import RawSQL
 from django.test import AsyncClient, Client, override_settings
 
-from replicarouter import request_context, use_primary, use_replica
+from replicarouter import health, request_context, use_primary, use_replica
+from replicarouter.health import monitor
+from replicarouter.testing.base import wait_for
 from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -24,6 +26,13 @@ def ports(replica_cluster):
     with request_context():
         Item.objects.using("default").create(name="seed")
     replica_cluster.wait_caught_up()
+    # routing follows the health monitor: wait until it has seen both replicas healthy
+    monitor.ensure_started()
+    wait_for(
+        "both replicas usable",
+        lambda: health.usable_replicas("default") == {"replica1", "replica2"},
+        timeout=10,
+    )
     return {node.port: ("default" if node.role == "primary" else node.name) for node in replica_cluster.nodes}
 
 

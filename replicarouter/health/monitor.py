@@ -1,0 +1,423 @@
+"""The health monitor: one daemon thread per process, one prober per cluster across all processes.
+
+Design:
+
+- **Lazy and fork-aware.** ``ensure_started()`` runs on the router's path; it starts the thread
+  (``replicarouter-monitor``) the first time a process routes, and again in a forked child (threads do
+  not survive fork). ``AppConfig.ready()`` starts nothing, so a pre-fork master that never routes never
+  runs one. ``stop()`` (also at interpreter exit) sets an Event and joins the thread.
+- **One leader per cluster.** With ``REDIS_URL``, each round a process tries to take or renew the
+  cluster's lease (``SET NX PX``, renewed only by its holder through a compare-and-expire script; it
+  expires after ``LEASE_INTERVALS`` intervals). The holder probes every node and publishes the snapshot;
+  the others read it. A leader that dies stops renewing and another takes over within a lease period;
+  until then, followers that find the snapshot stale probe for themselves. Redis errors never reach a
+  request: the process probes for itself until Redis answers again.
+- **Exclusion drops connections.** When a replica stops being usable in this process's view, its pool's
+  idle connections are closed: they may be stuck on a frozen server or point at a node that left.
+- **Never Django's connections**: probes use their own (``probe.Prober``), with a hard deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from .. import pools
+from ..conf import settings, topology
+from ..topology import Cluster
+from . import Snapshot, clear, set_snapshot, snapshot
+from .probe import Prober, connection_params
+from .state import NodeHealth, PrimaryHistory, Rules, next_health, usable
+
+logger = logging.getLogger("replicarouter.health")
+
+LEASE_INTERVALS = 3
+SNAPSHOT_TTL_INTERVALS = 10
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def rules() -> Rules:
+    """Return the state-machine rules from the settings."""
+    return Rules(
+        fall=settings.FALL,
+        rise=settings.RISE,
+        max_lag_seconds=settings.MAX_LAG_SECONDS,
+        max_lag_bytes=settings.MAX_LAG_BYTES,
+    )
+
+
+def _databases() -> dict[str, Any]:
+    from django.conf import settings as django_settings
+
+    return dict(django_settings.DATABASES)
+
+
+def initial_nodes(cluster: Cluster, databases: dict[str, Any]) -> dict[str, NodeHealth]:
+    """Return ``unknown`` health for every node of ``cluster``, with host and port from DATABASES."""
+    nodes = {}
+    for alias in (cluster.primary, *cluster.replicas):
+        entry = databases.get(alias, {})
+        role = "primary" if alias == cluster.primary else "replica"
+        nodes[alias] = NodeHealth(
+            alias, role, host=str(entry.get("HOST") or ""), port=str(entry.get("PORT") or "")
+        )
+    return nodes
+
+
+class ClusterProbe:
+    """Probing one cluster: the prober's connections, the primary's history, the nodes' states."""
+
+    def __init__(self, cluster: Cluster, databases: dict[str, Any], timeout: float) -> None:
+        self.cluster = cluster
+        self.key = self._key(cluster, databases, timeout)
+        params = {a: connection_params(databases[a], timeout) for a in (cluster.primary, *cluster.replicas)}
+        self.prober = Prober(params)
+        self.history = PrimaryHistory()
+
+    @staticmethod
+    def _key(cluster: Cluster, databases: dict[str, Any], timeout: float) -> str:
+        aliases = (cluster.primary, *cluster.replicas)
+        return repr(
+            (cluster, timeout, [sorted((k, repr(v)) for k, v in databases[a].items()) for a in aliases])
+        )
+
+    def round(self, nodes: dict[str, NodeHealth], timeout: float, rules: Rules) -> dict[str, NodeHealth]:
+        """Probe every node once and return their next health."""
+        results = self.prober.probe(timeout)
+        now = time.time()
+        primary_result = results.get(self.cluster.primary)
+        primary_position = None
+        if primary_result is not None and primary_result.ok and not primary_result.in_recovery:
+            primary_position = primary_result.position
+            if primary_position is not None:
+                self.history.add(now, primary_position)
+        updated = {}
+        for alias, node in nodes.items():
+            result = results[alias]
+            new, reason = next_health(
+                node, result, primary_position=primary_position, history=self.history, rules=rules, now=now
+            )
+            if new.state != node.state or new.promoted != node.promoted:
+                log_change(node, new, reason)
+            updated[alias] = new
+        return updated
+
+    def close(self) -> None:
+        self.prober.close()
+
+
+def log_change(old: NodeHealth, new: NodeHealth, reason: str) -> None:
+    """Log one state change as a structured line."""
+    level = logging.INFO if new.state == "up" and not new.promoted else logging.WARNING
+    logger.log(
+        level,
+        "node %s: %s -> %s (%s) lag_bytes=%s lag_seconds=%s%s",
+        new.alias,
+        old.state,
+        new.state,
+        reason,
+        new.lag_bytes,
+        new.lag_seconds,
+        " PROMOTED" if new.promoted else "",
+        extra={
+            "replicarouter_node": new.alias,
+            "replicarouter_old_state": old.state,
+            "replicarouter_new_state": new.state,
+            "replicarouter_reason": reason,
+            "replicarouter_lag_bytes": new.lag_bytes,
+            "replicarouter_lag_seconds": new.lag_seconds,
+        },
+    )
+
+
+class Monitor:
+    """Keeps every cluster's snapshot fresh in this process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._probes: dict[str, ClusterProbe] = {}
+        self._nodes: dict[str, dict[str, NodeHealth]] = {}
+        self._redis: Any = None
+        self._redis_url: str | None = None
+        self._redis_ok: bool | None = None
+        #: rounds this process probed a cluster itself (tests and benchmarks count them)
+        self.probe_rounds = 0
+        self.rounds = 0
+        #: how long the last round took, and the longest one (a frozen node must not stretch them)
+        self.last_round_seconds = 0.0
+        self.max_round_seconds = 0.0
+
+    # -- thread ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="replicarouter-monitor", daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, close probe connections, release leases."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        for probe in self._probes.values():
+            probe.close()
+        self._release_leases()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            interval = settings.CHECK_INTERVAL
+            try:
+                self.round()
+            except Exception:  # the loop must survive anything: log and try again next interval
+                logger.exception("health monitor round failed")
+            self.last_round_seconds = time.monotonic() - started
+            self.max_round_seconds = max(self.max_round_seconds, self.last_round_seconds)
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    # -- one round -----------------------------------------------------------------------------------------
+
+    def round(self) -> None:
+        """Refresh every cluster's snapshot once (lead and probe, or read the leader's)."""
+        self.rounds += 1
+        databases = _databases()
+        timeout = settings.CHECK_TIMEOUT
+        interval = settings.CHECK_INTERVAL
+        current = rules()
+        client = self._redis_client()
+        for cluster in topology().clusters:
+            nodes = self._nodes.get(cluster.name) or initial_nodes(cluster, databases)
+            source, published_at = "local", time.time()
+            leader: str | None = self.identity
+            fetched = None
+            if client is not None:
+                try:
+                    if self._lead(client, cluster, interval):
+                        nodes = self._probe(cluster, nodes, databases, timeout, current)
+                        published_at = time.time()
+                        self._publish(client, cluster, nodes, interval, published_at)
+                        source = "leader"
+                    else:
+                        fetched = self._fetch(client, cluster, interval)
+                        if fetched is None:  # the leader is late or gone: see for ourselves meanwhile
+                            nodes = self._probe(cluster, nodes, databases, timeout, current)
+                        else:
+                            nodes, leader, published_at = fetched
+                            source = "redis"
+                    self._set_redis_ok(True)
+                except Exception as exc:
+                    self._set_redis_ok(False, exc)
+                    nodes = self._probe(cluster, nodes, databases, timeout, current)
+                    source, leader, published_at = "local", self.identity, time.time()
+            else:
+                nodes = self._probe(cluster, nodes, databases, timeout, current)
+            self._nodes[cluster.name] = nodes
+            self._apply(cluster, nodes, source, leader, published_at, interval)
+
+    def _probe(
+        self,
+        cluster: Cluster,
+        nodes: dict[str, NodeHealth],
+        databases: dict[str, Any],
+        timeout: float,
+        current: Rules,
+    ) -> dict[str, NodeHealth]:
+        key = ClusterProbe._key(cluster, databases, timeout)
+        probe = self._probes.get(cluster.name)
+        if probe is None or probe.key != key:
+            if probe is not None:
+                probe.close()
+            probe = self._probes[cluster.name] = ClusterProbe(cluster, databases, timeout)
+        self.probe_rounds += 1
+        return probe.round(nodes, timeout, current)
+
+    def _apply(
+        self,
+        cluster: Cluster,
+        nodes: dict[str, NodeHealth],
+        source: str,
+        leader: str | None,
+        published_at: float,
+        interval: float,
+    ) -> None:
+        previous = snapshot(cluster.name)
+        now_usable = usable(nodes)
+        if previous is not None:
+            for alias in previous.usable - now_usable:
+                pools.registry.dispose(alias)  # idle connections to an excluded replica are suspect
+        lag = {a: n.lag_seconds for a, n in nodes.items() if n.lag_seconds is not None}
+        set_snapshot(
+            cluster.name,
+            Snapshot(
+                nodes=nodes,
+                usable=now_usable,
+                lag_seconds=lag,
+                received=time.monotonic(),
+                published_at=published_at,
+                source=source,
+                leader=leader,
+                interval=interval,
+                extra={"redis": self.redis_state()},
+            ),
+        )
+
+    # -- redis ---------------------------------------------------------------------------------------------
+
+    def redis_state(self) -> str:
+        """Return ``up``, ``down`` or ``not configured``."""
+        if not settings.REDIS_URL:
+            return "not configured"
+        return "up" if self._redis_ok else "down"
+
+    def _set_redis_ok(self, ok: bool, exc: Exception | None = None) -> None:
+        if ok and self._redis_ok is False:
+            logger.warning("redis is back: sharing health through it again")
+        elif not ok and self._redis_ok is not False:
+            logger.warning("redis unreachable (%s): probing from this process until it returns", exc)
+        self._redis_ok = ok
+
+    def _redis_client(self) -> Any:
+        url = settings.REDIS_URL
+        if not url:
+            return None
+        if self._redis is None or self._redis_url != url:
+            import redis
+
+            timeout = settings.CHECK_TIMEOUT
+            self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            self._redis_url = url
+        return self._redis
+
+    def _key(self, cluster: Cluster, what: str) -> str:
+        return f"{settings.KEY_PREFIX}:health:{cluster.name}:{what}"
+
+    def _lead(self, client: Any, cluster: Cluster, interval: float) -> bool:
+        key = self._key(cluster, "leader")
+        ttl = int(LEASE_INTERVALS * interval * 1000)
+        if client.set(key, self.identity, nx=True, px=ttl):
+            logger.info("this process (%s) now probes cluster %r", self.identity, cluster.name)
+            return True
+        return bool(client.eval(_RENEW, 1, key, self.identity, ttl))
+
+    def _publish(
+        self,
+        client: Any,
+        cluster: Cluster,
+        nodes: dict[str, NodeHealth],
+        interval: float,
+        published_at: float,
+    ) -> None:
+        payload = {
+            "published_at": published_at,
+            "leader": self.identity,
+            "interval": interval,
+            "nodes": {alias: asdict(node) for alias, node in nodes.items()},
+        }
+        ttl = int(SNAPSHOT_TTL_INTERVALS * interval * 1000)
+        client.set(self._key(cluster, "snapshot"), json.dumps(payload), px=ttl)
+
+    def _fetch(
+        self, client: Any, cluster: Cluster, interval: float
+    ) -> tuple[dict[str, NodeHealth], str | None, float] | None:
+        return fetch_snapshot(client, self._key(cluster, "snapshot"), cluster, interval)
+
+    def _release_leases(self) -> None:
+        client = self._redis
+        if client is None:
+            return
+        for name in list(self._nodes):
+            key = f"{settings.KEY_PREFIX}:health:{name}:leader"
+            with contextlib.suppress(Exception):  # expire our lease now, if it is still ours
+                client.eval(_RENEW, 1, key, self.identity, 1)
+
+
+def fetch_snapshot(
+    client: Any, key: str, cluster: Cluster, interval: float
+) -> tuple[dict[str, NodeHealth], str | None, float] | None:
+    """Return a published snapshot's nodes, leader and time, or None if missing, unreadable or stale."""
+    raw = client.get(key)
+    if raw is None:
+        return None
+    try:
+        payload = json.loads(raw)
+        nodes = {alias: NodeHealth(**data) for alias, data in payload["nodes"].items()}
+        published_at = float(payload["published_at"])
+    except (ValueError, TypeError, KeyError):
+        logger.warning("ignoring an unreadable health snapshot at %s", key)
+        return None
+    if set(nodes) != {cluster.primary, *cluster.replicas}:
+        return None  # published for another topology
+    if time.time() - published_at > LEASE_INTERVALS * interval:
+        return None
+    return nodes, payload.get("leader"), published_at
+
+
+_lock = threading.Lock()
+_monitor: Monitor | None = None
+_started_pid = 0
+
+
+def ensure_running() -> None:
+    """Start this process's monitor unless it runs already (the router calls this: a pid check)."""
+    if _started_pid != os.getpid():
+        ensure_started()
+
+
+def ensure_started() -> Monitor:
+    """Return this process's monitor, starting it on first use (and again in a forked child)."""
+    global _monitor, _started_pid
+    monitor = _monitor
+    if monitor is not None and monitor.pid == os.getpid() and monitor.is_alive():
+        return monitor
+    with _lock:
+        monitor = _monitor
+        if monitor is None or monitor.pid != os.getpid() or not monitor.is_alive():
+            if monitor is not None and monitor.pid != os.getpid():
+                clear()  # the parent's snapshots say nothing certain about what the child will see
+            monitor = Monitor()
+            monitor.start()
+            _monitor = monitor
+            _started_pid = os.getpid()
+        return monitor
+
+
+def running() -> Monitor | None:
+    """Return this process's running monitor, if any."""
+    monitor = _monitor
+    if monitor is not None and monitor.pid == os.getpid() and monitor.is_alive():
+        return monitor
+    return None
+
+
+def stop(timeout: float = 5.0) -> None:
+    """Stop this process's monitor (no thread is left behind) and forget its snapshots."""
+    global _monitor, _started_pid
+    with _lock:
+        monitor, _monitor = _monitor, None
+        _started_pid = 0
+    if monitor is not None and monitor.pid == os.getpid():
+        monitor.stop(timeout)
+    clear()
+
+
+atexit.register(stop)

@@ -1,0 +1,187 @@
+"""Probe every node of a cluster at once, with one hard deadline: psycopg2 async connections and select().
+
+A frozen server (SIGSTOP) accepts nothing and answers nothing; a blocking driver would hang on it for
+libpq's connect_timeout (2 s minimum) or forever on an open connection. Here connection set-up and the
+probe query of all nodes are driven together by ``poll()`` and one ``select()`` loop, so a round never
+lasts longer than ``timeout``, however many nodes are stuck. Probe connections are our own (never
+Django's), kept between rounds and dropped on any failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import time
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger("replicarouter.health")
+
+PROBE_SQL = (
+    "SELECT pg_is_in_recovery(), "
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
+    "pg_last_wal_receive_lsn(), "
+    "extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+)
+_LSN_ZERO = "0/0"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one node said (or why it said nothing) in one round."""
+
+    alias: str
+    ok: bool
+    in_recovery: bool | None = None
+    #: the replay position of a standby, the current write position of a primary, as bytes
+    position: int | None = None
+    receive_position: int | None = None
+    #: seconds since the last replayed transaction committed on the primary (standbys only)
+    replay_age: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def lsn_to_int(lsn: str | None) -> int | None:
+    """Return a WAL position ``'16/B374D848'`` as a byte offset."""
+    if lsn is None:
+        return None
+    high, _, low = str(lsn).partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+class _Target:
+    """One node's probe connection, driven through connect → query → result."""
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        self.alias = alias
+        self.params = params
+        self.conn: Any = None
+        self.cursor: Any = None
+        self.phase = "idle"
+        self.result: ProbeResult | None = None
+
+    def start(self, started: float) -> None:
+        import psycopg2
+
+        self.started = started
+        self.result = None
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg2.connect(**self.params, async_=1)
+                self.phase = "connect"
+            else:
+                self._send()
+        except Exception as exc:
+            self.fail(str(exc))
+
+    def _send(self) -> None:
+        self.cursor = self.conn.cursor()
+        self.cursor.execute(PROBE_SQL)
+        self.phase = "query"
+
+    def step(self) -> tuple[str, int] | None:
+        """Advance; return ``("r"|"w", fd)`` to wait on, or None when finished."""
+        import psycopg2.extensions as ext
+
+        try:
+            state = self.conn.poll()
+            if state == ext.POLL_OK:
+                if self.phase == "connect":
+                    self._send()
+                    return self.step()
+                row = self.cursor.fetchone()
+                self.cursor.close()
+                self.finish(row)
+                return None
+            if state == ext.POLL_READ:
+                return "r", self.conn.fileno()
+            if state == ext.POLL_WRITE:
+                return "w", self.conn.fileno()
+            self.fail(f"unexpected poll state {state}")
+        except Exception as exc:
+            self.fail(str(exc).strip() or type(exc).__name__)
+        return None
+
+    def finish(self, row: Any) -> None:
+        in_recovery, position, receive, replay_age = row
+        self.phase = "done"
+        self.result = ProbeResult(
+            self.alias,
+            True,
+            in_recovery=bool(in_recovery),
+            position=lsn_to_int(position),
+            receive_position=lsn_to_int(receive),
+            replay_age=None if replay_age is None else float(replay_age),
+            seconds=time.monotonic() - self.started,
+        )
+
+    def fail(self, error: str) -> None:
+        self.phase = "done"
+        self.result = ProbeResult(self.alias, False, error=error, seconds=time.monotonic() - self.started)
+        self.drop()
+
+    def drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection may raise; it is gone either way
+                conn.close()
+
+
+class Prober:
+    """Probe connections to a set of nodes, reused from round to round."""
+
+    def __init__(self, targets: dict[str, dict[str, Any]]) -> None:
+        self.targets = {alias: _Target(alias, params) for alias, params in targets.items()}
+        #: probe queries sent, for tests and benchmarks
+        self.queries = 0
+
+    def probe(self, timeout: float) -> dict[str, ProbeResult]:
+        """Probe every node; return within ``timeout`` seconds (a node that did not answer has failed)."""
+        started = time.monotonic()
+        deadline = started + timeout
+        for target in self.targets.values():
+            target.start(started)
+            self.queries += 1
+        while True:
+            readers: list[int] = []
+            writers: list[int] = []
+            for target in self.targets.values():
+                if target.phase in ("connect", "query"):
+                    wait = target.step()
+                    if wait is not None:
+                        (readers if wait[0] == "r" else writers).append(wait[1])
+            remaining = deadline - time.monotonic()
+            if not (readers or writers):
+                break
+            if remaining <= 0:
+                break
+            select.select(readers, writers, [], remaining)
+        for target in self.targets.values():
+            if target.phase != "done":
+                target.fail(f"no answer within {timeout:.1f} s")
+        return {alias: target.result for alias, target in self.targets.items() if target.result is not None}
+
+    def close(self) -> None:
+        """Close every probe connection."""
+        for target in self.targets.values():
+            target.drop()
+
+
+def connection_params(settings_dict: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Return libpq parameters for probing the server of a DATABASES entry (never Django's connections)."""
+    options = dict(settings_dict.get("OPTIONS") or {})
+    for django_only in ("isolation_level", "assume_role", "server_side_binding", "pool", "cursor_factory"):
+        options.pop(django_only, None)
+    params: dict[str, Any] = {
+        "dbname": settings_dict.get("NAME") or "postgres",
+        "application_name": "replicarouter-monitor",
+        "connect_timeout": max(2, int(timeout + 0.999)),
+        **options,
+    }
+    for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
+        if settings_dict.get(key):
+            params[name] = settings_dict[key]
+    params["application_name"] = "replicarouter-monitor"
+    return params

@@ -1,0 +1,169 @@
+"""Node health state machine and lag arithmetic. Pure: probe results in, states out.
+
+States: ``unknown`` (no good probe yet) → ``up`` on the first healthy probe; ``up``/``lagging`` → ``down``
+after ``FALL`` consecutive failed probes; ``down``/``lagging`` → ``up`` after ``RISE`` consecutive healthy
+probes; any good probe of a replica whose lag exceeds ``MAX_LAG_SECONDS`` or ``MAX_LAG_BYTES``, or whose
+lag cannot be measured, makes it ``lagging`` at once. Only ``up`` replicas are read from.
+
+Lag in bytes is the primary's current WAL position minus the replica's replayed position, both from the
+same round. Lag in seconds is how long the replica has been missing data the primary had: the monitor
+remembers the primary's position over time, and a replica that replayed up to P is behind since the
+first moment the primary was seen past P. This stays 0 on an idle primary, where the usual
+``now() - pg_last_xact_replay_timestamp()`` grows without any lag.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .probe import ProbeResult
+
+STATES = ("up", "lagging", "down", "unknown")
+
+
+@dataclass(frozen=True)
+class Rules:
+    fall: int = 2
+    rise: int = 2
+    max_lag_seconds: float = 10.0
+    max_lag_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """What is known about one node (the JSON of ``replicastatus`` plus the counters behind it)."""
+
+    alias: str
+    configured_role: str
+    host: str = ""
+    port: str = ""
+    role: str = "unknown"
+    state: str = "unknown"
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    checked_at: float | None = None
+    error: str | None = None
+    promoted: bool = False
+    failures: int = 0
+    healthy_streak: int = 0
+    position: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Return the fields ``replicastatus --json`` shows for a node (pool stats are added later)."""
+        data = asdict(self)
+        for internal in ("configured_role", "failures", "healthy_streak", "position"):
+            data.pop(internal)
+        return data
+
+
+@dataclass
+class PrimaryHistory:
+    """The primary's WAL position over time, to tell how long a replica has been behind."""
+
+    samples: collections.deque[tuple[float, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=600)
+    )
+
+    def add(self, when: float, position: int) -> None:
+        if not self.samples or position != self.samples[-1][1]:
+            self.samples.append((when, position))
+
+    def behind_since(self, position: int) -> float | None:
+        """Return when the primary was first seen past ``position`` (None: never, the replica is current)."""
+        for when, primary_position in self.samples:
+            if primary_position > position:
+                return when
+        return None
+
+
+def next_health(
+    node: NodeHealth,
+    result: ProbeResult,
+    *,
+    primary_position: int | None,
+    history: PrimaryHistory | None,
+    rules: Rules,
+    now: float,
+) -> tuple[NodeHealth, str]:
+    """Return the node's health after ``result``, and the reason for its state (for logs)."""
+    if not result.ok:
+        failures = node.failures + 1
+        state = node.state
+        if failures >= rules.fall:
+            state = "down"
+        reason = f"probe failed ({failures}/{rules.fall}): {result.error}"
+        return (
+            replace(
+                node, state=state, failures=failures, healthy_streak=0, error=result.error, checked_at=now
+            ),
+            reason,
+        )
+    role = "replica" if result.in_recovery else "primary"
+    promoted = node.configured_role == "replica" and not result.in_recovery
+    lag_bytes: int | None = 0
+    lag_seconds: float | None = 0.0
+    healthy = True
+    reason = "probe ok"
+    if node.configured_role == "replica" and result.in_recovery:
+        lag_bytes, lag_seconds = measure_lag(result, primary_position, history, now)
+        if lag_bytes is None or lag_seconds is None:
+            healthy, reason = False, "lag cannot be measured (primary position unknown)"
+        elif lag_bytes > rules.max_lag_bytes:
+            healthy, reason = False, f"lag {lag_bytes} bytes > MAX_LAG_BYTES {rules.max_lag_bytes}"
+        elif lag_seconds > rules.max_lag_seconds:
+            healthy, reason = False, f"lag {lag_seconds:.1f} s > MAX_LAG_SECONDS {rules.max_lag_seconds:g}"
+    elif promoted:
+        reason = "promoted: no longer in recovery"
+    streak = node.healthy_streak + 1 if healthy else 0
+    if not healthy:
+        state = "lagging"
+    elif node.state in ("up", "unknown") or streak >= rules.rise:
+        state = "up"
+    else:
+        state = node.state
+        reason = f"healthy {streak}/{rules.rise}"
+    updated = replace(
+        node,
+        role=role,
+        state=state,
+        lag_bytes=lag_bytes,
+        lag_seconds=None if lag_seconds is None else round(lag_seconds, 3),
+        checked_at=now,
+        error=None,
+        promoted=promoted,
+        failures=0,
+        healthy_streak=streak,
+        position=result.position,
+    )
+    return updated, reason
+
+
+def measure_lag(
+    result: ProbeResult, primary_position: int | None, history: PrimaryHistory | None, now: float
+) -> tuple[int | None, float | None]:
+    """Return ``(lag_bytes, lag_seconds)`` of a standby (None where unknown)."""
+    if primary_position is None or result.position is None:
+        return None, None
+    lag_bytes = max(0, primary_position - result.position)
+    if lag_bytes == 0:
+        return 0, 0.0
+    since = history.behind_since(result.position) if history is not None else None
+    if since is not None and history is not None and since > history.samples[0][0]:
+        return lag_bytes, max(0.0, now - since)
+    # behind since before what we remember (or no memory: a one-off probe): the replay timestamp is the
+    # best bound we have
+    replay_age = result.replay_age if result.replay_age is not None else None
+    if since is not None:
+        replay_age = max(replay_age or 0.0, now - since)
+    return lag_bytes, replay_age
+
+
+def usable(nodes: dict[str, NodeHealth]) -> frozenset[str]:
+    """Return the replicas reads may go to: ``up``, still standbys of the configured primary."""
+    return frozenset(
+        alias
+        for alias, n in nodes.items()
+        if n.configured_role == "replica" and n.state == "up" and not n.promoted
+    )

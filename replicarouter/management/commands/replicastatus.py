@@ -1,0 +1,121 @@
+"""``manage.py replicastatus``: every node's role, state, lag and pool use; exit 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ...exceptions import ReplicaRouterError
+from ...status import EXIT_CRITICAL, EXIT_DEGRADED, exit_code, status
+
+VERDICT = {0: "healthy", EXIT_DEGRADED: "DEGRADED", EXIT_CRITICAL: "CRITICAL"}
+
+
+def _lag(node: dict[str, Any]) -> str:
+    if node["role"] == "primary" and not node.get("promoted"):
+        return "-"
+    if node["lag_bytes"] is None:
+        return "unknown"
+    seconds = "?" if node["lag_seconds"] is None else f"{node['lag_seconds']:.1f} s"
+    return f"{node['lag_bytes']} B / {seconds}"
+
+
+def _age(checked_at: str | None) -> str:
+    if checked_at is None:
+        return "never"
+    from datetime import datetime
+
+    seconds = time.time() - datetime.fromisoformat(checked_at).timestamp()
+    return f"{max(0.0, seconds):.1f} s ago"
+
+
+def render(data: dict[str, Any]) -> str:
+    """Return the human-readable table of a ``status()`` result."""
+    lines = []
+    header = (
+        "alias",
+        "host:port",
+        "role",
+        "state",
+        "lag",
+        "last check",
+        "pool (out/size+ovf, idle)",
+        "error",
+    )
+    for name, cluster in data["clusters"].items():
+        monitor = cluster["monitor"]
+        lines.append(
+            f"cluster {name!r}: source {monitor.get('source')}, leader {monitor.get('leader') or '-'}, "
+            f"redis {monitor.get('redis')}, snapshot age {monitor.get('age_seconds')} s"
+        )
+        rows = [header]
+        for node in [cluster["primary"], *cluster["replicas"]]:
+            pool = node["pool"]
+            role = node["role"] + (" (PROMOTED)" if node.get("promoted") else "")
+            rows.append(
+                (
+                    node["alias"],
+                    f"{node['host'] or '-'}:{node['port'] or '-'}",
+                    role,
+                    node["state"],
+                    _lag(node),
+                    _age(node["checked_at"]),
+                    f"{pool['checked_out']}/{pool['size']}+{pool['overflow']}, {pool['idle']}",
+                    (node["error"] or "")[:60],
+                )
+            )
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+        for row in rows:
+            lines.append("  " + "  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class Command(BaseCommand):
+    help = "Show every node's role, state, lag and pool use (exit 0 healthy, 1 degraded, 2 critical)."
+
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--json", action="store_true", help="print the status as JSON")
+        parser.add_argument(
+            "--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C"
+        )
+        parser.add_argument("--cluster", metavar="NAME", help="only this cluster")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        watch = options["watch"]
+        if watch is not None and watch <= 0:
+            raise CommandError("--watch needs a positive number of seconds")
+        code = 0
+        try:
+            while True:
+                code = self._once(options)
+                if watch is None:
+                    break
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            pass
+        sys.exit(code)
+
+    def _once(self, options: dict[str, Any]) -> int:
+        try:
+            data = status(options["cluster"])
+        except ReplicaRouterError as exc:
+            raise CommandError(str(exc)) from exc
+        if options["cluster"] and not data["clusters"]:
+            raise CommandError(f"no cluster named {options['cluster']!r}")
+        code = exit_code(data)
+        if options["json"]:
+            self.stdout.write(json.dumps(data, indent=2))
+        else:
+            if options["watch"] is not None:
+                self.stdout.write("\x1b[2J\x1b[H", ending="")
+            self.stdout.write(render(data))
+            self.stdout.write(f"status: {VERDICT[code]} (exit {code})")
+        self.stdout.flush()
+        return code

@@ -1,0 +1,132 @@
+"""``replicarouter.status()``: what ``replicastatus`` shows, as data.
+
+Where the numbers come from, freshest first: this process's monitor (if it runs here and is current),
+the snapshot the cluster's leader published in Redis, or, for a fresh process with neither (a
+``manage.py replicastatus`` on a box without Redis), one direct probe of every node, judged on that
+probe alone. Passwords never appear: hosts and ports come from DATABASES, nothing else of it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+from . import health, pools
+from .conf import settings, topology
+from .health.monitor import fetch_snapshot, initial_nodes, running
+from .health.probe import Prober, connection_params
+from .health.state import NodeHealth, Rules, next_health
+
+EXIT_HEALTHY, EXIT_DEGRADED, EXIT_CRITICAL = 0, 1, 2
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _node(node: NodeHealth) -> dict[str, Any]:
+    data = node.public()
+    data["checked_at"] = _iso(node.checked_at)
+    stats = pools.registry.stats(node.alias)
+    data["pool"] = {key: stats.get(key, 0) for key in ("size", "checked_out", "overflow", "idle")}
+    return data
+
+
+def _probe_once(cluster: Any, databases: dict[str, Any]) -> dict[str, NodeHealth]:
+    timeout = settings.CHECK_TIMEOUT
+    params = {a: connection_params(databases[a], timeout) for a in (cluster.primary, *cluster.replicas)}
+    prober = Prober(params)
+    try:
+        results = prober.probe(timeout)
+    finally:
+        prober.close()
+    now = time.time()
+    primary = results.get(cluster.primary)
+    primary_position = (
+        primary.position if primary is not None and primary.ok and not primary.in_recovery else None
+    )
+    rules = Rules(
+        fall=1, rise=1, max_lag_seconds=settings.MAX_LAG_SECONDS, max_lag_bytes=settings.MAX_LAG_BYTES
+    )
+    nodes = {}
+    for alias, node in initial_nodes(cluster, databases).items():
+        nodes[alias], _ = next_health(
+            node, results[alias], primary_position=primary_position, history=None, rules=rules, now=now
+        )
+    return nodes
+
+
+def status(cluster: str | None = None) -> dict[str, Any]:
+    """Return ``{"clusters": {name: {"primary": NODE, "replicas": [NODE...], "monitor": {...}}}}``."""
+    from django.conf import settings as django_settings
+
+    databases = dict(django_settings.DATABASES)
+    redis_client = None
+    if settings.REDIS_URL:
+        import redis
+
+        timeout = settings.CHECK_TIMEOUT
+        redis_client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    out: dict[str, Any] = {"clusters": {}}
+    try:
+        for spec in topology().clusters:
+            if cluster is not None and spec.name != cluster:
+                continue
+            out["clusters"][spec.name] = _cluster_status(spec, databases, redis_client)
+    finally:
+        if redis_client is not None:
+            redis_client.close()
+    return out
+
+
+def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> dict[str, Any]:
+    interval = settings.CHECK_INTERVAL
+    monitor: dict[str, Any] = {"interval": interval, "leader": None, "published_at": None}
+    nodes: dict[str, NodeHealth] | None = None
+    local = health.snapshot(spec.name)
+    if running() is not None and local is not None and not local.stale():
+        nodes = dict(local.nodes)
+        monitor.update(
+            source=f"this process ({local.source})", leader=local.leader, published_at=local.published_at
+        )
+        monitor["redis"] = local.extra.get("redis")
+    if nodes is None and redis_client is not None:
+        key = f"{settings.KEY_PREFIX}:health:{spec.name}:snapshot"
+        try:
+            fetched = fetch_snapshot(redis_client, key, spec, interval)
+            monitor["redis"] = "up"
+        except Exception as exc:
+            fetched = None
+            monitor["redis"] = f"down ({exc})"
+        if fetched is not None:
+            nodes, leader, published_at = fetched
+            monitor.update(source="redis", leader=leader, published_at=published_at)
+    if nodes is None:
+        nodes = _probe_once(spec, databases)
+        monitor.update(source="direct probe", published_at=time.time())
+        monitor.setdefault("redis", "not configured" if redis_client is None else monitor.get("redis"))
+    published = monitor["published_at"]
+    monitor["age_seconds"] = None if published is None else round(max(0.0, time.time() - published), 3)
+    monitor["published_at"] = _iso(published)
+    return {
+        "primary": _node(nodes[spec.primary]),
+        "replicas": [_node(nodes[alias]) for alias in spec.replicas],
+        "monitor": monitor,
+    }
+
+
+def exit_code(data: dict[str, Any]) -> int:
+    """Return 0 (all healthy), 1 (a replica down or lagging) or 2 (primary down or nothing readable)."""
+    code = EXIT_HEALTHY
+    for cluster in data["clusters"].values():
+        if cluster["primary"]["state"] != "up":  # writes fail (and reads, if no replica is up)
+            return EXIT_CRITICAL
+        replicas_up = [r for r in cluster["replicas"] if r["state"] == "up" and not r.get("promoted")]
+        if len(replicas_up) < len(cluster["replicas"]):
+            code = EXIT_DEGRADED
+    return code

@@ -1,0 +1,327 @@
+"""Health monitor, shared state in Redis and replicastatus, against real servers and real faults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from django.db.models.expressions import RawSQL
+from django.test import override_settings
+
+from replicarouter import health, request_context
+from replicarouter.health import monitor
+from replicarouter.health.monitor import ClusterProbe, initial_nodes
+from replicarouter.health.state import Rules
+from replicarouter.testing import django_settings
+from replicarouter.testing.base import wait_for
+from replicarouter.topology import build
+from tests.testapp.models import Item
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.4, "FALL": 2, "RISE": 2}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def fast_monitor(replica_cluster):
+    """The process's monitor on fast settings, with a key prefix of its own; stopped afterwards."""
+    values = replica_cluster.replicarouter_settings(KEY_PREFIX=f"t{uuid.uuid4().hex[:6]}", **FAST)
+    monitor.stop()
+    with override_settings(REPLICAROUTER=values):
+        running = monitor.ensure_started()
+        wait_for(
+            "both replicas up",
+            lambda: health.usable_replicas("default") == {"replica1", "replica2"},
+            timeout=10,
+        )
+        yield running
+        monitor.stop()
+    wait_for(
+        "the cluster healed", lambda: all(n.accepts_connections() for n in replica_cluster.nodes), timeout=30
+    )
+
+
+def _state(alias):
+    return health.snapshot("default").nodes[alias]
+
+
+def _served(ports):
+    with request_context():
+        port = Item.objects.annotate(port=RawSQL("inet_server_port()", ())).values_list("port", flat=True)[0]
+    return ports[port]
+
+
+@pytest.fixture
+def ports(replica_cluster):
+    with request_context():
+        Item.objects.create(name="seed")
+    replica_cluster.wait_caught_up()
+    return {n.port: ("default" if n.role == "primary" else n.name) for n in replica_cluster.nodes}
+
+
+def test_killed_replica_goes_down_and_comes_back(replica_cluster, fast_monitor, ports, caplog):
+    """Fault: replica killed (SIGKILL) → down within FALL intervals, no read goes there; restarted → up."""
+    with caplog.at_level(logging.INFO, logger="replicarouter.health"):
+        replica_cluster.stop("replica1", "kill")
+        killed = time.monotonic()
+        wait_for("replica1 down", lambda: _state("replica1").state == "down", timeout=5)
+        detection = time.monotonic() - killed
+        assert detection <= (FAST["FALL"] + 1) * FAST["CHECK_INTERVAL"] + FAST["CHECK_TIMEOUT"]
+        assert "replica1" not in health.usable_replicas("default")
+        assert {_served(ports) for _ in range(10)} == {"replica2"}
+        replica_cluster.start("replica1")
+        wait_for("replica1 up", lambda: _state("replica1").state == "up", timeout=5)
+    assert {_served(ports) for _ in range(10)} == {"replica1", "replica2"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("node replica1: up -> down (probe failed (2/2)") for m in messages)
+    assert any(m.startswith("node replica1: down -> up") for m in messages)
+
+
+def test_frozen_replica_does_not_stall_the_monitor(replica_cluster, fast_monitor, ports):
+    """Fault: replica frozen (SIGSTOP) → every round still ends within the probe deadline; node goes down."""
+    rounds_before = fast_monitor.rounds
+    fast_monitor.max_round_seconds = 0.0
+    replica_cluster.freeze("replica2")
+    try:
+        wait_for("replica2 down", lambda: _state("replica2").state == "down", timeout=5)
+        assert "no answer within 0.4 s" in _state("replica2").error
+        time.sleep(1.0)
+        assert fast_monitor.rounds - rounds_before >= 4  # the monitor kept its pace while the node hung
+        assert fast_monitor.max_round_seconds <= FAST["CHECK_TIMEOUT"] + 0.3
+        assert {_served(ports) for _ in range(6)} == {"replica1"}  # and no request hung on the frozen node
+    finally:
+        replica_cluster.thaw("replica2")
+    wait_for("replica2 up", lambda: _state("replica2").state == "up", timeout=5)
+
+
+def test_paused_replay_is_lagging_and_avoided(replica_cluster, ports):
+    """Fault: replay paused while the primary writes → lagging with measured lag; reads avoid it."""
+    values = replica_cluster.replicarouter_settings(
+        KEY_PREFIX=f"t{uuid.uuid4().hex[:6]}", MAX_LAG_SECONDS=0.5, **FAST
+    )
+    monitor.stop()
+    with override_settings(REPLICAROUTER=values):
+        monitor.ensure_started()
+        wait_for("both up", lambda: health.usable_replicas("default") == {"replica1", "replica2"}, timeout=10)
+        replica_cluster.pause_replay("replica1")
+        try:
+            with request_context():
+                Item.objects.bulk_create(Item(name=f"w{i}") for i in range(200))
+            wait_for("replica1 lagging", lambda: _state("replica1").state == "lagging", timeout=5)
+            lagging = _state("replica1")
+            assert lagging.lag_bytes > 0 and lagging.lag_seconds > 0.5
+            assert _state("replica2").state == "up" and _state("replica2").lag_bytes == 0
+            assert {_served(ports) for _ in range(6)} == {"replica2"}
+        finally:
+            replica_cluster.resume_replay("replica1")
+        wait_for("replica1 up", lambda: _state("replica1").state == "up", timeout=5)
+        assert _state("replica1").lag_bytes == 0
+        monitor.stop()
+
+
+def _worker(replica_cluster, prefix):
+    values = django_settings(replica_cluster, KEY_PREFIX=prefix, **FAST)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.cluster_settings",
+           "REPLICAROUTER_TEST_SETTINGS": json.dumps(values)}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.monitor_worker", "60"],
+        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+def _line_after(proc, since):
+    """Return the worker's first report written after ``since`` (wall time)."""
+    while True:
+        line = json.loads(proc.stdout.readline())
+        if line["t"] >= since:
+            return line
+
+
+def test_two_processes_one_leader_and_takeover(replica_cluster):
+    """Two processes, one Redis: exactly one probes; the leader killed (SIGKILL) → the other takes over."""
+    import redis
+
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(replica_cluster.redis_url)
+    procs = [_worker(replica_cluster, prefix), _worker(replica_cluster, prefix)]
+    try:
+        time.sleep(1.5)  # past start-up, where a follower may probe once before any snapshot exists
+        now = time.time()
+        first = [_line_after(p, now) for p in procs]
+        time.sleep(1.0)
+        now = time.time()
+        lines = [_line_after(p, now) for p in procs]
+        probes = [b["probe_rounds"] - a["probe_rounds"] for a, b in zip(first, lines, strict=True)]
+        rounds = [b["rounds"] - a["rounds"] for a, b in zip(first, lines, strict=True)]
+        assert sorted(probes) == [0, rounds[probes.index(max(probes))]], (first, lines)  # one prober
+        assert min(rounds) >= 3  # while both keep refreshing their copy
+        leader_index = probes.index(max(probes))
+        probing = [lines[leader_index]]
+        leader_key = f"{prefix}:health:default:leader"
+        assert client.get(leader_key).decode() == probing[0]["identity"]
+        follower = procs[1 - leader_index]
+        follower_probes = lines[1 - leader_index]["probe_rounds"]
+
+        procs[leader_index].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(
+            "the follower to take the lease",
+            lambda: (client.get(leader_key) or b"").decode() == lines[1 - leader_index]["identity"],
+            timeout=10,
+        )
+        takeover = time.monotonic() - killed
+        assert takeover <= 3 * FAST["CHECK_INTERVAL"] + 1.0  # one lease period (+ scheduling slack)
+        time.sleep(0.5)
+        later = _line_after(follower, time.time())
+        assert later["probe_rounds"] > follower_probes
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+        client.close()
+
+
+def test_redis_stopped_then_back(replica_cluster, fast_monitor, ports, caplog):
+    """Fault: Redis stopped → the process probes for itself, reads keep routing; Redis back → shared again."""
+    wait_for("leading through redis", lambda: health.snapshot("default").source == "leader", timeout=5)
+    with caplog.at_level(logging.WARNING, logger="replicarouter.health"):
+        replica_cluster.stop_redis()
+        wait_for("local probing", lambda: health.snapshot("default").source == "local", timeout=5)
+        assert {_served(ports) for _ in range(6)} == {"replica1", "replica2"}
+        assert fast_monitor.redis_state() == "down"
+        replica_cluster.start_redis()
+        wait_for("shared again", lambda: health.snapshot("default").source == "leader", timeout=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("redis unreachable" in m for m in messages)
+    assert any("redis is back" in m for m in messages)
+
+
+def test_promotion_is_reported(replica_cluster_factory):
+    cluster = replica_cluster_factory(replicas=2, redis=False)
+    databases = cluster.databases()
+    topology, _ = build(databases, None)
+    spec = topology.default
+    probe = ClusterProbe(spec, databases, timeout=1.0)
+    try:
+        nodes = probe.round(initial_nodes(spec, databases), 1.0, Rules())
+        assert {a: n.state for a, n in nodes.items()} == {"default": "up", "replica1": "up", "replica2": "up"}
+        cluster.stop(cluster.primary, "fast")
+        cluster.promote("replica1")
+        nodes = probe.round(nodes, 1.0, Rules(fall=1))
+    finally:
+        probe.close()
+    assert nodes["replica1"].promoted and nodes["replica1"].role == "primary"
+    assert nodes["default"].state == "down"
+    assert nodes["replica2"].state == "lagging"  # no reachable primary to measure it against
+
+
+def _replicastatus(replica_cluster, *args):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.cluster_settings",
+           "REPLICAROUTER_TEST_SETTINGS": json.dumps(django_settings(replica_cluster))}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "django", "replicastatus", *args],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+    )  # fmt: skip
+
+
+NODE_KEYS = {
+    "alias",
+    "host",
+    "port",
+    "role",
+    "state",
+    "lag_bytes",
+    "lag_seconds",
+    "checked_at",
+    "error",
+    "pool",
+}
+
+
+def test_replicastatus_from_a_fresh_process(replica_cluster):
+    monitor.stop()
+    result = _replicastatus(replica_cluster, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    cluster = data["clusters"]["default"]
+    for node in [cluster["primary"], *cluster["replicas"]]:
+        assert set(node) >= NODE_KEYS
+        assert set(node["pool"]) == {"size", "checked_out", "overflow", "idle"}
+        assert node["state"] == "up"
+    assert [n["alias"] for n in cluster["replicas"]] == ["replica1", "replica2"]
+    assert "monitor" in cluster and cluster["monitor"]["source"] in ("redis", "direct probe")
+
+    table = _replicastatus(replica_cluster)
+    assert table.returncode == 0
+    assert (
+        "alias" in table.stdout and "replica2" in table.stdout and "status: healthy (exit 0)" in table.stdout
+    )
+
+
+def test_replicastatus_exit_codes(replica_cluster):
+    """Fault: replica stopped → exit 1 (degraded); primary stopped → exit 2 (critical)."""
+    monitor.stop()
+    replica_cluster.stop("replica2", "fast")
+    degraded = _replicastatus(replica_cluster, "--json")
+    assert degraded.returncode == 1, degraded.stdout
+    data = json.loads(degraded.stdout)["clusters"]["default"]
+    assert data["replicas"][1]["state"] == "down" and data["replicas"][1]["error"]
+    replica_cluster.start("replica2")
+    replica_cluster.stop("primary", "fast")
+    critical = _replicastatus(replica_cluster)
+    assert critical.returncode == 2
+    assert "CRITICAL" in critical.stdout
+    replica_cluster.start("primary")
+
+
+def test_passwords_never_shown(replica_cluster_factory):
+    cluster = replica_cluster_factory(replicas=1, password="pw-s3cret-value")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.cluster_settings",
+           "REPLICAROUTER_TEST_SETTINGS": json.dumps(django_settings(cluster))}  # fmt: skip
+    for args in (["--json"], []):
+        result = subprocess.run(
+            [sys.executable, "-m", "django", "replicastatus", *args],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "pw-s3cret-value" not in result.stdout + result.stderr
+
+
+def test_no_monitor_thread_survives_stop(replica_cluster):
+    monitor.stop()
+    monitor.ensure_started()
+    assert any(t.name == "replicarouter-monitor" for t in threading.enumerate())
+    monitor.stop()
+    assert not any(t.name == "replicarouter-monitor" and t.is_alive() for t in threading.enumerate())
+
+
+def test_forked_child_starts_its_own_monitor(replica_cluster):
+    parent = monitor.ensure_started()
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_fd)
+            mine = monitor.ensure_started()
+            alive = mine.is_alive() and mine.identity != parent.identity and mine.pid == os.getpid()
+            os.write(write_fd, b"1" if alive else b"0")
+            mine.stop(2)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(child, 0)
+    answer = os.read(read_fd, 1)
+    os.close(read_fd)
+    assert answer == b"1"
+    assert parent.is_alive()
+    monitor.stop()
