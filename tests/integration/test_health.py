@@ -162,9 +162,11 @@ def test_two_processes_one_leader_and_takeover(replica_cluster):
         lines = [_line_after(p, now) for p in procs]
         probes = [b["probe_rounds"] - a["probe_rounds"] for a, b in zip(first, lines, strict=True)]
         rounds = [b["rounds"] - a["rounds"] for a, b in zip(first, lines, strict=True)]
-        assert sorted(probes) == [0, rounds[probes.index(max(probes))]], (first, lines)  # one prober
-        assert min(rounds) >= 3  # while both keep refreshing their copy
         leader_index = probes.index(max(probes))
+        assert min(probes) == 0, (first, lines)  # the follower never probed in the window...
+        # ...while the leader probed in every round (a sample may fall mid-round: one round of slack)
+        assert probes[leader_index] >= rounds[leader_index] - 1 >= 3, (first, lines)
+        assert min(rounds) >= 3  # and both kept refreshing their copy
         probing = [lines[leader_index]]
         leader_key = f"{prefix}:health:default:leader"
         assert client.get(leader_key).decode() == probing[0]["identity"]
