@@ -16,7 +16,7 @@ import pytest
 from django.db.models.expressions import RawSQL
 from django.test import override_settings
 
-from replicarouter import health, request_context
+from replicarouter import health, pools, request_context
 from replicarouter.health import monitor
 from replicarouter.health.monitor import ClusterProbe, initial_nodes
 from replicarouter.health.state import Rules
@@ -50,6 +50,12 @@ def fast_monitor(replica_cluster):
     )
 
 
+def connections_close_all():
+    from django.db import connections
+
+    connections.close_all()
+
+
 def _state(alias):
     return health.snapshot("default").nodes[alias]
 
@@ -70,6 +76,10 @@ def ports(replica_cluster):
 
 def test_killed_replica_goes_down_and_comes_back(replica_cluster, fast_monitor, ports, caplog):
     """Fault: replica killed (SIGKILL) → down within FALL intervals, no read goes there; restarted → up."""
+    for _ in range(4):
+        _served(ports)
+    connections_close_all()
+    assert pools.registry.stats("replica1")["idle"] >= 1  # pooled connections to replica1 exist
     with caplog.at_level(logging.INFO, logger="replicarouter.health"):
         replica_cluster.stop("replica1", "kill")
         killed = time.monotonic()
@@ -77,6 +87,7 @@ def test_killed_replica_goes_down_and_comes_back(replica_cluster, fast_monitor, 
         detection = time.monotonic() - killed
         assert detection <= (FAST["FALL"] + 1) * FAST["CHECK_INTERVAL"] + FAST["CHECK_TIMEOUT"]
         assert "replica1" not in health.usable_replicas("default")
+        assert pools.registry.stats("replica1")["idle"] == 0  # excluded: its pooled connections dropped
         assert {_served(ports) for _ in range(10)} == {"replica2"}
         replica_cluster.start("replica1")
         wait_for("replica1 up", lambda: _state("replica1").state == "up", timeout=5)
@@ -284,6 +295,12 @@ def test_replicastatus_exit_codes(replica_cluster):
     assert critical.returncode == 2
     assert "CRITICAL" in critical.stdout
     replica_cluster.start("primary")
+
+
+def test_replicastatus_unknown_cluster_is_an_error(replica_cluster):
+    result = _replicastatus(replica_cluster, "--cluster", "nope")
+    assert result.returncode == 1
+    assert "no cluster named 'nope'" in result.stderr
 
 
 def test_passwords_never_shown(replica_cluster_factory):
