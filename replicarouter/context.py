@@ -29,6 +29,8 @@ class RequestState:
 
     #: names of the clusters this request wrote to
     wrote: set[str] = field(default_factory=set)
+    #: the session's read-your-writes positions (replicarouter.sticky.StickyState), set by the middleware
+    sticky: Any = None
 
 
 _forced: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("replicarouter_forced", default=())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import context, health, selection
+from . import context, health, selection, sticky, stickystore
 from .conf import routing, topology
 from .health import monitor
 from .topology import Cluster
@@ -59,6 +59,23 @@ class ReplicaRouter:
         return topo.by_alias[db] is topo.cluster_for_app(app_label)
 
 
+def _sticky_candidates(cluster: Cluster, state: sticky.StickyState, usable: frozenset[str]) -> frozenset[str]:
+    """Return the replicas that may serve this session's read: those that replayed its last write."""
+    required = state.required(cluster.name)
+    if required is None:
+        return usable
+    stickystore.counters["sticky_reads"] += 1
+    if state.mode == "time":
+        eligible: frozenset[str] = frozenset()
+    else:
+        eligible = sticky.caught_up(usable, health.positions(cluster.name), required)
+        if eligible and eligible == usable:
+            state.release.add(cluster.name)  # every replica has it: the position can go
+    if not eligible:
+        stickystore.counters["sticky_primary_reads"] += 1
+    return eligible
+
+
 def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
     """Return the alias for a read on ``cluster`` given the current context (see the module docstring)."""
     primary = cluster.primary
@@ -72,6 +89,12 @@ def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
         return primary
     monitor.ensure_running()
     usable = health.usable_replicas(cluster.name)
+    if mode != context.REPLICA:
+        state = context.current_state()
+        if state is not None and state.sticky is not None:
+            usable = _sticky_candidates(cluster, state.sticky, usable)
+            if not usable:
+                return primary
     if balance == "round_robin":
         choice = selection.round_robin(cluster, usable)
     elif balance == "random":

@@ -25,6 +25,8 @@ class Snapshot:
     nodes: Mapping[str, NodeHealth]
     usable: frozenset[str]
     lag_seconds: Mapping[str, float]
+    #: WAL position per node when probed (replayed, for replicas)
+    positions: Mapping[str, int | None]
     #: ``time.monotonic()`` when this process got it; its age decides staleness
     received: float
     #: wall-clock time the prober published it (for status output)
@@ -56,6 +58,12 @@ def lag_seconds(cluster: str) -> Mapping[str, float]:
     """Return the last known replication lag of the replicas of ``cluster``, in seconds."""
     snapshot = _snapshots.get(cluster)
     return snapshot.lag_seconds if snapshot is not None else {}
+
+
+def positions(cluster: str) -> Mapping[str, int | None]:
+    """Return the WAL position each node of ``cluster`` had reached when last probed."""
+    snapshot = _snapshots.get(cluster)
+    return snapshot.positions if snapshot is not None else {}
 
 
 def snapshot(cluster: str) -> Snapshot | None:

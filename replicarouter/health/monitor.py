@@ -272,6 +272,7 @@ class Monitor:
                 nodes=nodes,
                 usable=now_usable,
                 lag_seconds=lag,
+                positions={a: n.position for a, n in nodes.items()},
                 received=time.monotonic(),
                 published_at=published_at,
                 source=source,

@@ -86,11 +86,11 @@ def test_lsn_to_int():
 
 def test_stale_snapshot_makes_nothing_usable():
     set_snapshot(
-        "unit", Snapshot({}, frozenset({"r1"}), {}, time.monotonic(), time.time(), "local", interval=0.1)
+        "unit", Snapshot({}, frozenset({"r1"}), {}, {}, time.monotonic(), time.time(), "local", interval=0.1)
     )
     assert usable_replicas("unit") == {"r1"}
     old = time.monotonic() - (STALE_INTERVALS + 1) * 0.1
-    set_snapshot("unit", Snapshot({}, frozenset({"r1"}), {}, old, time.time(), "local", interval=0.1))
+    set_snapshot("unit", Snapshot({}, frozenset({"r1"}), {}, {}, old, time.time(), "local", interval=0.1))
     assert usable_replicas("unit") == frozenset()
     assert usable_replicas("never-seen") == frozenset()
 

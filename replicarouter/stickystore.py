@@ -1,0 +1,163 @@
+"""Read-your-writes, the I/O side: positions in Redis, the primary's WAL position, task hand-over.
+
+Redis keys: ``{KEY_PREFIX}:sticky:{cluster}:{identity}`` → position (an integer), expiring after
+``STICKY_SECONDS``. Updates only move forward (a Lua script compares before it sets), so two concurrent
+requests of one session can never move it back; release deletes only the value it saw (compare and
+delete), so it never drops a newer write's position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from . import context, health, sticky
+from .conf import settings, topology
+from .health.probe import lsn_to_int
+
+logger = logging.getLogger("replicarouter.sticky")
+
+_ADVANCE = """
+local current = tonumber(redis.call('get', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then
+    redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+#: sticky decisions in this process: reads checked against a position, sent to the primary, releases
+counters = {"sticky_reads": 0, "sticky_primary_reads": 0, "releases": 0, "redis_errors": 0}
+
+_client: Any = None
+_client_key: tuple[int, str] | None = None
+
+
+def client() -> Any:
+    """Return this process's Redis client for positions (None without REDIS_URL)."""
+    global _client, _client_key
+    url = settings.REDIS_URL
+    if not url:
+        return None
+    key = (os.getpid(), url)
+    if _client is None or _client_key != key:
+        import redis
+
+        timeout = settings.CHECK_TIMEOUT
+        _client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        _client_key = key
+    return _client
+
+
+def _key(cluster: str, identity: str) -> str:
+    return f"{settings.KEY_PREFIX}:sticky:{cluster}:{identity}"
+
+
+def load(identity: str, clusters: list[str]) -> dict[str, int]:
+    """Return the stored positions of ``identity`` (one MGET); {} on any Redis error."""
+    redis_client = client()
+    if redis_client is None or not clusters:
+        return {}
+    try:
+        values = redis_client.mget([_key(c, identity) for c in clusters])
+    except Exception as exc:
+        counters["redis_errors"] += 1
+        logger.warning("sticky positions unavailable (redis: %s): relying on the signed cookie", exc)
+        return {}
+    return {c: int(v) for c, v in zip(clusters, values, strict=True) if v is not None}
+
+
+def advance(identity: str, cluster: str, position: int) -> bool:
+    """Store ``position`` unless a further one is stored; return False when Redis failed."""
+    redis_client = client()
+    if redis_client is None:
+        return False
+    ttl = int(settings.STICKY_SECONDS * 1000)
+    try:
+        redis_client.eval(_ADVANCE, 1, _key(cluster, identity), position, ttl)
+    except Exception as exc:
+        counters["redis_errors"] += 1
+        logger.warning("could not store a sticky position (redis: %s): the signed cookie carries it", exc)
+        return False
+    return True
+
+
+def release(identity: str, cluster: str, position: int) -> None:
+    """Delete the stored position if it is still ``position`` (every replica has replayed it)."""
+    redis_client = client()
+    if redis_client is None:
+        return
+    try:
+        if redis_client.eval(_RELEASE, 1, _key(cluster, identity), position):
+            counters["releases"] += 1
+    except Exception:
+        counters["redis_errors"] += 1
+
+
+def primary_position(alias: str) -> int:
+    """Return the primary's current WAL position (through Django's connection of ``alias``)."""
+    from django.db import connections
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn()")
+        value = lsn_to_int(cursor.fetchone()[0])
+    assert value is not None
+    return value
+
+
+def positions_to_record(wrote: set[str], mode: str) -> dict[str, int]:
+    """Return, for each cluster written, what to remember: the WAL position or the pin deadline (ms)."""
+    if mode == "time":
+        deadline = int((time.time() + settings.STICKY_SECONDS) * 1000)
+        return dict.fromkeys(wrote, deadline)
+    by_name = {c.name: c for c in topology().clusters}
+    return {name: primary_position(by_name[name].primary) for name in wrote if name in by_name}
+
+
+# -- background jobs -------------------------------------------------------------------------------------
+
+
+def capture_position() -> dict[str, Any]:
+    """Return a token to hand to a background job so that its reads see this request's writes.
+
+    Call it after the writes (typically right before enqueueing); pass the token to the job, which reads
+    under ``read_after(token)``. It holds WAL positions only: safe to serialise (JSON) into a task.
+    """
+    state = context.current_state()
+    mode = settings.STICKY
+    wrote = set(state.wrote) if state is not None else set()
+    if mode == "off" or not wrote:
+        return {"mode": mode, "positions": {}}
+    return {"mode": mode, "positions": positions_to_record(wrote, mode)}
+
+
+@contextlib.contextmanager
+def read_after(token: Mapping[str, Any], wait: float = 0.0) -> Iterator[None]:
+    """Run the block in a fresh routing context whose reads see the writes captured in ``token``.
+
+    With ``wait`` > 0, first wait up to that many seconds for a replica to replay the position (reads
+    then go to it); after that, reads the replicas cannot serve yet go to the primary.
+    """
+    positions = {str(k): int(v) for k, v in dict(token.get("positions") or {}).items()}
+    mode = str(token.get("mode") or settings.STICKY)
+    with context.request_context() as state:
+        state.sticky = sticky.StickyState(mode, known=positions)
+        if wait > 0 and mode == "lsn":
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and not all(
+                sticky.caught_up(health.usable_replicas(c), health.positions(c), p)
+                for c, p in positions.items()
+            ):
+                time.sleep(0.02)
+        yield
