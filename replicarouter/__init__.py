@@ -9,6 +9,7 @@ from typing import Any
 
 from .context import request_context, use_primary, use_replica
 from .exceptions import ConfigurationError, PoolExhausted, ReplicaRouterError
+from .stickystore import capture_position, read_after
 
 __version__ = "0.1.0.dev0"
 
@@ -17,7 +18,9 @@ __all__ = [
     "PoolExhausted",
     "ReplicaRouterError",
     "__version__",
+    "capture_position",
     "pool_stats",
+    "read_after",
     "request_context",
     "status",
     "use_primary",

@@ -5,7 +5,13 @@ DATABASES here is a placeholder: integration tests point it at the real cluster 
 """
 
 SECRET_KEY = "replicarouter-tests"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "replicarouter", "tests.testapp"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "replicarouter",
+    "tests.testapp",
+]
 DATABASES = {
     "default": {
         "ENGINE": "replicarouter.backends.postgresql",
@@ -17,5 +23,10 @@ DATABASES = {
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 ROOT_URLCONF = "tests.urls"
-MIDDLEWARE = ["replicarouter.middleware.ReplicaRouterMiddleware"]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "replicarouter.middleware.ReplicaRouterMiddleware",
+]
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 DATABASE_ROUTERS = ["replicarouter.router.ReplicaRouter"]

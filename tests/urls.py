@@ -5,4 +5,6 @@ from tests.testapp import views
 urlpatterns = [
     path("write-then-read/", views.write_then_read),
     path("async-write-then-read/", views.async_write_then_read),
+    path("sticky/write/", views.sticky_write),
+    path("sticky/read/", views.sticky_read),
 ]

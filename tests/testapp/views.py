@@ -29,3 +29,23 @@ async def _aport() -> int:
         .afirst()
     )
     return int(row)
+
+
+def sticky_write(request):
+    """Write a row (the session's write) and return its id; start a session if there is none."""
+    request.session["seen"] = True
+    item = Item.objects.create(name=request.GET.get("name", "x"))
+    return JsonResponse({"id": item.pk})
+
+
+def sticky_read(request):
+    """Read one row by id through the router: was it there, and which server answered."""
+    rows = list(
+        Item.objects.filter(pk=int(request.GET["id"]))
+        .annotate(port=RawSQL("inet_server_port()", ()))
+        .values_list("port", flat=True)
+    )
+    if rows:
+        return JsonResponse({"found": True, "port": rows[0]})
+    port = Item.objects.annotate(port=RawSQL("inet_server_port()", ())).values_list("port", flat=True).first()
+    return JsonResponse({"found": False, "port": port})

@@ -1,0 +1,223 @@
+"""Read-your-writes across requests on the real cluster: Redis positions, signed cookie, time/off modes."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client, override_settings
+
+from replicarouter import capture_position, health, read_after, request_context, sticky, stickystore
+from replicarouter.health import monitor
+from replicarouter.testing.base import wait_for
+from tests.testapp.models import Item
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.4}
+
+
+@pytest.fixture
+def routing(replica_cluster):
+    """Fast health settings with a private key prefix (yielded, to derive variants from)."""
+    base = replica_cluster.replicarouter_settings(KEY_PREFIX=f"s{uuid.uuid4().hex[:6]}", **FAST)
+    monitor.stop()
+    with override_settings(REPLICAROUTER=base):
+        monitor.ensure_started()
+        wait_for(
+            "both replicas usable",
+            lambda: health.usable_replicas("default") == {"replica1", "replica2"},
+            timeout=10,
+        )
+        with request_context():
+            Item.objects.create(name="seed")
+        replica_cluster.wait_caught_up()
+        yield base
+        monitor.stop()
+
+
+def _roles(replica_cluster):
+    return {n.port: ("primary" if n.role == "primary" else "replica") for n in replica_cluster.nodes}
+
+
+def _write(client, name="w"):
+    response = client.get("/sticky/write/", {"name": name})
+    assert response.status_code == 200
+    return response.json()["id"]
+
+
+def _read(client, item_id):
+    response = client.get("/sticky/read/", {"id": item_id})
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_500_write_read_cycles_with_replay_paused_never_read_stale(replica_cluster, routing):
+    """Fault: replay paused on replica1 while a session writes and reads 500 times: never a stale read."""
+    roles = _roles(replica_cluster)
+    writer, bystander = Client(), Client()
+    seed = Item.objects.using("default").order_by("pk").values_list("pk", flat=True).first()
+    replica_cluster.pause_replay("replica1")
+    stale = 0
+    bystander_roles = []
+    try:
+        for i in range(500):
+            item_id = _write(writer, f"v{i}")
+            if not _read(writer, item_id)["found"]:
+                stale += 1
+            if i % 10 == 0:
+                bystander_roles.append(roles[_read(bystander, seed)["port"]])
+    finally:
+        replica_cluster.resume_replay("replica1")
+    assert stale == 0
+    assert stickystore.counters["sticky_reads"] >= 500
+    # a session that did not write keeps reading from replicas
+    assert bystander_roles.count("replica") >= 0.9 * len(bystander_roles)
+
+
+def test_reads_return_to_replicas_once_they_caught_up(replica_cluster, routing):
+    import redis
+
+    roles = _roles(replica_cluster)
+    client = Client()
+    item_id = _write(client)
+    replica_cluster.wait_caught_up()
+    required = sticky.decode_cookie(client.cookies[sticky.COOKIE_NAME].value, "lsn", 60)["default"]
+    wait_for(
+        "the snapshot to show both replicas past the write",
+        lambda: all((health.positions("default").get(r) or 0) >= required for r in ("replica1", "replica2")),
+        timeout=5,
+    )
+    served = [roles[_read(client, item_id)["port"]] for _ in range(20)]
+    assert served.count("replica") == 20
+    # the position was released from Redis once every replica had it
+    key_pattern = f"{routing['KEY_PREFIX']}:sticky:default:*"
+    r = redis.Redis.from_url(replica_cluster.redis_url)
+    try:
+        assert list(r.scan_iter(key_pattern)) == []
+    finally:
+        r.close()
+
+
+def test_position_only_moves_forward_under_concurrency(replica_cluster, routing):
+    import redis
+
+    identity = sticky.identity("session", uuid.uuid4().hex, "secret")
+    positions = list(range(1000, 1200))
+
+    def advance(chunk):
+        for position in chunk:
+            assert stickystore.advance(identity, "default", position)
+
+    threads = [threading.Thread(target=advance, args=(positions[i::4][::-1],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stickystore.load(identity, ["default"]) == {"default": 1199}
+    assert stickystore.advance(identity, "default", 5)  # an older request finishing late...
+    assert stickystore.load(identity, ["default"]) == {"default": 1199}  # ...cannot move it back
+    stickystore.release(identity, "default", 1000)  # compare-and-delete: not the stored value
+    assert stickystore.load(identity, ["default"]) == {"default": 1199}
+    stickystore.release(identity, "default", 1199)
+    assert stickystore.load(identity, ["default"]) == {}
+    r = redis.Redis.from_url(replica_cluster.redis_url)
+    try:
+        keys = [k.decode() for k in r.scan_iter(f"{routing['KEY_PREFIX']}:sticky:*")]
+    finally:
+        r.close()
+    assert all(identity in k for k in keys)  # keys carry the hash, never a raw session key
+
+
+def test_user_scope_follows_the_user_across_sessions(replica_cluster, routing):
+    user = User.objects.create(username=f"u{uuid.uuid4().hex[:6]}")
+    phone, laptop = Client(), Client()
+    phone.force_login(user)
+    laptop.force_login(user)
+    with override_settings(REPLICAROUTER={**routing, "STICKY_SCOPE": "user"}):
+        replica_cluster.pause_replay("replica1")
+        replica_cluster.pause_replay("replica2")
+        try:
+            item_id = _write(phone)
+            assert _read(laptop, item_id)["found"]  # another device, no cookie of the phone's: Redis
+            other = Client()
+            assert not _read(other, item_id)["found"]  # someone else reads a (paused) replica
+        finally:
+            replica_cluster.resume_replay("replica1")
+            replica_cluster.resume_replay("replica2")
+
+
+def test_signed_cookie_carries_the_position_while_redis_is_stopped(replica_cluster, routing):
+    """Fault: Redis stopped + replay paused: the signed cookie alone keeps the session's reads fresh."""
+    client = Client()
+    replica_cluster.pause_replay("replica1")
+    replica_cluster.pause_replay("replica2")
+    replica_cluster.stop_redis()
+    try:
+        for i in range(20):
+            item_id = _write(client, f"r{i}")
+            assert _read(client, item_id)["found"]
+        assert stickystore.counters["redis_errors"] > 0
+    finally:
+        replica_cluster.start_redis()
+        replica_cluster.resume_replay("replica1")
+        replica_cluster.resume_replay("replica2")
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    ["garbage", "", sticky.encode_cookie({"default": 1}, "lsn")[:-3] + "abc", "eyJtIjoibHNuIn0:forged:sig"],
+)
+def test_forged_or_malformed_cookie_is_ignored(replica_cluster, routing, cookie):
+    roles = _roles(replica_cluster)
+    client = Client()
+    client.cookies[sticky.COOKIE_NAME] = cookie
+    seed = Item.objects.using("default").values_list("pk", flat=True).first()
+    served = {roles[_read(client, seed)["port"]] for _ in range(4)}
+    assert served == {"replica"}
+
+
+def test_background_job_reads_the_request_writes(replica_cluster, routing):
+    replica_cluster.pause_replay("replica1")
+    replica_cluster.pause_replay("replica2")
+    try:
+        with request_context():
+            item = Item.objects.create(name="for the job")
+            token = capture_position()
+        assert token["positions"]["default"] > 0
+        found = {}
+
+        def job():
+            with read_after(token, wait=0.2):
+                found["job"] = Item.objects.filter(pk=item.pk).exists()
+            with request_context():
+                found["without token"] = Item.objects.filter(pk=item.pk).exists()
+
+        worker = threading.Thread(target=job)
+        worker.start()
+        worker.join()
+    finally:
+        replica_cluster.resume_replay("replica1")
+        replica_cluster.resume_replay("replica2")
+    assert found == {"job": True, "without token": False}
+
+
+def test_time_mode_pins_to_the_primary_for_sticky_seconds(replica_cluster, routing):
+    roles = _roles(replica_cluster)
+    with override_settings(REPLICAROUTER={**routing, "STICKY": "time", "STICKY_SECONDS": 1.0}):
+        client = Client()
+        item_id = _write(client)
+        assert roles[_read(client, item_id)["port"]] == "primary"
+        wait_for("the pin to expire", lambda: roles[_read(client, item_id)["port"]] == "replica", timeout=5)
+
+
+def test_off_mode_keeps_no_position(replica_cluster, routing):
+    roles = _roles(replica_cluster)
+    with override_settings(REPLICAROUTER={**routing, "STICKY": "off"}):
+        client = Client()
+        item_id = _write(client)
+        assert sticky.COOKIE_NAME not in client.cookies
+        replica_cluster.wait_caught_up()
+        assert roles[_read(client, item_id)["port"]] == "replica"
