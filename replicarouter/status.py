@@ -60,7 +60,11 @@ def _probe_once(cluster: Any, databases: dict[str, Any]) -> dict[str, NodeHealth
 
 
 def status(cluster: str | None = None) -> dict[str, Any]:
-    """Return ``{"clusters": {name: {"primary": NODE, "replicas": [NODE...], "monitor": {...}}}}``."""
+    """Return ``{"clusters": {name: {"primary", "replicas", "monitor"}}, "sticky": {...}}`` (see docs).
+
+    ``sticky`` holds this process's read-your-writes counters: reads checked against a session position,
+    reads sent to the primary because of it, releases, Redis errors.
+    """
     from django.conf import settings as django_settings
 
     databases = dict(django_settings.DATABASES)
@@ -72,7 +76,9 @@ def status(cluster: str | None = None) -> dict[str, Any]:
         redis_client = redis.Redis.from_url(
             settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-    out: dict[str, Any] = {"clusters": {}}
+    from .stickystore import counters
+
+    out: dict[str, Any] = {"clusters": {}, "sticky": dict(counters)}
     try:
         for spec in topology().clusters:
             if cluster is not None and spec.name != cluster:

@@ -73,6 +73,9 @@ def test_500_write_read_cycles_with_replay_paused_never_read_stale(replica_clust
         replica_cluster.resume_replay("replica1")
     assert stale == 0
     assert stickystore.counters["sticky_reads"] >= 500
+    from replicarouter import status
+
+    assert status()["sticky"]["sticky_primary_reads"] > 0  # visible to operators
     # a session that did not write keeps reading from replicas
     assert bystander_roles.count("replica") >= 0.9 * len(bystander_roles)
 
