@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DemoAppConfig(AppConfig):
+    name = "demo.demoapp"
+    label = "demoapp"
