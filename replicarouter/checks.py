@@ -7,7 +7,8 @@ Topology and settings (found by ``topology.build`` and ``conf.settings_problems`
 CLUSTERS; E011 unknown alias; E012 alias in two roles; E013 cluster alias not on the pooled backend;
 E014 bad weight; E015 primary listed as its own replica; E016 app label in two clusters; E017 invalid
 REPLICAROUTER value. Wiring: W010 router without the middleware; W011 replicas configured but the
-router not installed; W012 replica alias without TEST MIRROR.
+router not installed; W012 replica alias without TEST MIRROR; W013 our middleware placed before the
+session/authentication middleware it reads.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ CHECK_IDS = (
     "replicarouter.W010",
     "replicarouter.W011",
     "replicarouter.W012",
+    "replicarouter.W013",
 )
 ROUTER = "replicarouter.router.ReplicaRouter"
 MIDDLEWARE = "replicarouter.middleware.ReplicaRouterMiddleware"
@@ -173,6 +175,20 @@ def topology_messages(
                 id="replicarouter.W011",
             )
         )
+    if MIDDLEWARE in middleware:
+        needs = ["django.contrib.sessions.middleware.SessionMiddleware"]
+        if isinstance(values, dict) and values.get("STICKY_SCOPE") == "user":
+            needs.append("django.contrib.auth.middleware.AuthenticationMiddleware")
+        for name in needs:
+            if name in middleware and middleware.index(name) > middleware.index(MIDDLEWARE):
+                messages.append(
+                    Warning(
+                        f"{MIDDLEWARE} comes before {name}: it cannot key read-your-writes positions by "
+                        "session (or user), so only the signed cookie carries them.",
+                        hint=f"Move {MIDDLEWARE} after {name} in MIDDLEWARE.",
+                        id="replicarouter.W013",
+                    )
+                )
     for cluster in built.clusters:
         for alias in cluster.replicas:
             entry = databases.get(alias, {})

@@ -149,6 +149,24 @@ def test_wiring_warnings():
     assert checks.topology_messages(DBS, {}, [checks.ROUTER], [checks.MIDDLEWARE]) == []
 
 
+def test_middleware_order_warning():
+    session = "django.contrib.sessions.middleware.SessionMiddleware"
+    auth = "django.contrib.auth.middleware.AuthenticationMiddleware"
+    wrong = [checks.MIDDLEWARE, session, auth]
+    assert [m.id for m in checks.topology_messages(DBS, {}, [checks.ROUTER], wrong)] == ["replicarouter.W013"]
+    user_scope = {"STICKY_SCOPE": "user"}
+    ids = [
+        m.id
+        for m in checks.topology_messages(
+            DBS, user_scope, [checks.ROUTER], [session, checks.MIDDLEWARE, auth]
+        )
+    ]
+    assert ids == ["replicarouter.W013"]
+    assert (
+        checks.topology_messages(DBS, user_scope, [checks.ROUTER], [session, auth, checks.MIDDLEWARE]) == []
+    )
+
+
 def test_every_check_id_is_declared_once():
     assert len(set(checks.CHECK_IDS)) == len(checks.CHECK_IDS)
     for id_ in checks.CHECK_IDS:
