@@ -55,24 +55,18 @@ def finish(request: Any, response: Any, state: RequestState) -> None:
     current = state.sticky
     if current is None:
         return
+    released = current.release - state.wrote
+    if not state.wrote and not (released and current.loaded is not None):
+        return  # nothing to record or release: no identity lookup (it may load the user)
+    identity = current.identity or _identity(request)
     if state.wrote:
         recorded = stickystore.positions_to_record(state.wrote, current.mode)
-        identity = _identity(request)
         if identity is not None:
             for cluster, position in recorded.items():
                 stickystore.advance(identity, cluster, position)
         # the cookie always carries the positions too: Redis may be down now or at the next request
-        cookie = sticky.merge(current.known, recorded)
-        response.set_cookie(
-            sticky.COOKIE_NAME,
-            sticky.encode_cookie(cookie, current.mode),
-            max_age=int(settings.STICKY_SECONDS),
-            httponly=True,
-            samesite="Lax",
-        )
-    released = current.release - state.wrote
+        _set_cookie(response, sticky.merge(current.known, recorded), current.mode)
     if released and current.loaded is not None:
-        identity = current.identity or _identity(request)
         for cluster in released:
             position = current.loaded.get(cluster)
             if identity is not None and position is not None:
@@ -80,15 +74,19 @@ def finish(request: Any, response: Any, state: RequestState) -> None:
         if current.known and not state.wrote:
             remaining = {c: p for c, p in current.known.items() if c not in released}
             if remaining:
-                response.set_cookie(
-                    sticky.COOKIE_NAME,
-                    sticky.encode_cookie(remaining, current.mode),
-                    max_age=int(settings.STICKY_SECONDS),
-                    httponly=True,
-                    samesite="Lax",
-                )
+                _set_cookie(response, remaining, current.mode)
             else:
                 response.delete_cookie(sticky.COOKIE_NAME, samesite="Lax")
+
+
+def _set_cookie(response: Any, positions: dict[str, int], mode: str) -> None:
+    response.set_cookie(
+        sticky.COOKIE_NAME,
+        sticky.encode_cookie(positions, mode),
+        max_age=int(settings.STICKY_SECONDS),
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 class ReplicaRouterMiddleware:
