@@ -14,9 +14,9 @@ from typing import Any
 
 from . import health, pools
 from .conf import settings, topology
-from .health.monitor import fetch_snapshot, initial_nodes, running
+from .health.monitor import fetch_snapshot, initial_nodes, judge, running
 from .health.probe import Prober, connection_params
-from .health.state import NodeHealth, Rules, next_health
+from .health.state import NodeHealth, Rules
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_CRITICAL = 0, 1, 2
 
@@ -43,19 +43,11 @@ def _probe_once(cluster: Any, databases: dict[str, Any]) -> dict[str, NodeHealth
         results = prober.probe(timeout)
     finally:
         prober.close()
-    now = time.time()
-    primary = results.get(cluster.primary)
-    primary_position = (
-        primary.position if primary is not None and primary.ok and not primary.in_recovery else None
-    )
     rules = Rules(
         fall=1, rise=1, max_lag_seconds=settings.MAX_LAG_SECONDS, max_lag_bytes=settings.MAX_LAG_BYTES
     )
-    nodes = {}
-    for alias, node in initial_nodes(cluster, databases).items():
-        nodes[alias], _ = next_health(
-            node, results[alias], primary_position=primary_position, history=None, rules=rules, now=now
-        )
+    # a one-off probe: judged on itself alone (no history, no state-change log lines)
+    nodes = judge(cluster, initial_nodes(cluster, databases), results, rules=rules, history=None, log=False)
     return nodes
 
 

@@ -35,7 +35,7 @@ from .. import pools
 from ..conf import settings, topology
 from ..topology import Cluster
 from . import Snapshot, clear, set_snapshot, snapshot
-from .probe import Prober, connection_params
+from .probe import Prober, ProbeResult, connection_params
 from .state import NodeHealth, PrimaryHistory, Rules, next_health, usable
 
 logger = logging.getLogger("replicarouter.health")
@@ -97,28 +97,39 @@ class ClusterProbe:
         )
 
     def round(self, nodes: dict[str, NodeHealth], timeout: float, rules: Rules) -> dict[str, NodeHealth]:
-        """Probe every node once and return their next health."""
-        results = self.prober.probe(timeout)
-        now = time.time()
-        primary_result = results.get(self.cluster.primary)
-        primary_position = None
-        if primary_result is not None and primary_result.ok and not primary_result.in_recovery:
-            primary_position = primary_result.position
-            if primary_position is not None:
-                self.history.add(now, primary_position)
-        updated = {}
-        for alias, node in nodes.items():
-            result = results[alias]
-            new, reason = next_health(
-                node, result, primary_position=primary_position, history=self.history, rules=rules, now=now
-            )
-            if new.state != node.state or new.promoted != node.promoted:
-                log_change(node, new, reason)
-            updated[alias] = new
-        return updated
+        """Probe every node once and return their next health (state changes are logged)."""
+        return judge(self.cluster, nodes, self.prober.probe(timeout), rules=rules, history=self.history)
 
     def close(self) -> None:
         self.prober.close()
+
+
+def judge(
+    cluster: Cluster,
+    nodes: dict[str, NodeHealth],
+    results: dict[str, ProbeResult],
+    *,
+    rules: Rules,
+    history: PrimaryHistory | None,
+    log: bool = True,
+) -> dict[str, NodeHealth]:
+    """Return the nodes' next health given one round of probe results (lag against this round's primary)."""
+    now = time.time()
+    primary_result = results.get(cluster.primary)
+    primary_position = None
+    if primary_result is not None and primary_result.ok and not primary_result.in_recovery:
+        primary_position = primary_result.position
+        if primary_position is not None and history is not None:
+            history.add(now, primary_position)
+    updated = {}
+    for alias, node in nodes.items():
+        new, reason = next_health(
+            node, results[alias], primary_position=primary_position, history=history, rules=rules, now=now
+        )
+        if log and (new.state != node.state or new.promoted != node.promoted):
+            log_change(node, new, reason)
+        updated[alias] = new
+    return updated
 
 
 def log_change(old: NodeHealth, new: NodeHealth, reason: str) -> None:
