@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .context import request_context, use_primary, use_replica
-from .exceptions import ConfigurationError, PoolExhausted, ReplicaRouterError
+from .exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable, ReplicaRouterError
 from .stickystore import capture_position, read_after
 
 __version__ = "0.1.0.dev0"
@@ -16,6 +16,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ConfigurationError",
     "PoolExhausted",
+    "PrimaryUnavailable",
     "ReplicaRouterError",
     "__version__",
     "capture_position",

@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "STICKY_SECONDS": 120.0,
     "STICKY_SCOPE": "session",
     "BALANCE": "round_robin",
+    "READ_TIMEOUT": 2.0,
+    "RETRY_READS": True,
+    "CONNECT_TIMEOUT": 2,
+    "PROMOTE_AFTER": None,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "STICKY": ("lsn", "time", "off"),
@@ -38,7 +42,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "BALANCE": ("round_robin", "random", "least_lag"),
 }
 POSITIVE_NUMBERS = ("CHECK_INTERVAL", "CHECK_TIMEOUT", "MAX_LAG_SECONDS", "MAX_LAG_BYTES", "STICKY_SECONDS")
-POSITIVE_INTEGERS = ("FALL", "RISE")
+POSITIVE_INTEGERS = ("FALL", "RISE", "CONNECT_TIMEOUT")
+#: positive numbers that may also be None (feature off)
+OPTIONAL_NUMBERS = ("READ_TIMEOUT", "PROMOTE_AFTER")
 
 
 class Settings:
@@ -100,6 +106,24 @@ class Settings:
     def BALANCE(self) -> str:
         return str(self._get("BALANCE"))
 
+    @property
+    def READ_TIMEOUT(self) -> float | None:
+        value = self._get("READ_TIMEOUT")
+        return None if value is None else float(value)
+
+    @property
+    def RETRY_READS(self) -> bool:
+        return bool(self._get("RETRY_READS"))
+
+    @property
+    def CONNECT_TIMEOUT(self) -> int:
+        return int(self._get("CONNECT_TIMEOUT"))
+
+    @property
+    def PROMOTE_AFTER(self) -> float | None:
+        value = self._get("PROMOTE_AFTER")
+        return None if value is None else float(value)
+
 
 settings = Settings()
 
@@ -149,6 +173,25 @@ def settings_problems(values: Any) -> list[topology_module.Problem]:
                     f"The default is {DEFAULTS[key]!r}.",
                 )
             )
+    for key in OPTIONAL_NUMBERS:
+        value = values.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and (not number or value <= 0):
+            problems.append(
+                topology_module.Problem(
+                    "replicarouter.E017",
+                    f"REPLICAROUTER[{key!r}] is {value!r}; it must be a positive number or None.",
+                    f"The default is {DEFAULTS[key]!r}.",
+                )
+            )
+    if "RETRY_READS" in values and not isinstance(values["RETRY_READS"], bool):
+        problems.append(
+            topology_module.Problem(
+                "replicarouter.E017",
+                f"REPLICAROUTER['RETRY_READS'] is {values['RETRY_READS']!r}; it must be True or False.",
+                "The default is True.",
+            )
+        )
     for key in ("REDIS_URL", "KEY_PREFIX"):
         if key in values and values[key] is not None and not isinstance(values[key], str):
             problems.append(

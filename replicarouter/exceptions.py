@@ -32,3 +32,16 @@ class PoolExhausted(ReplicaRouterError, OperationalError):
             f"(raise DATABASES[{alias!r}]['POOL']['SIZE'] or ['MAX_OVERFLOW'], or hold connections "
             "for less time)"
         )
+
+
+class PrimaryUnavailable(ReplicaRouterError, OperationalError):
+    """No primary can take this cluster's writes (or the reads that must see this session's writes)."""
+
+    def __init__(self, cluster: str, alias: str, reason: str) -> None:
+        self.cluster = cluster
+        self.alias = alias
+        self.reason = reason
+        super().__init__(
+            f"cluster {cluster!r} has no primary available for {alias!r}: {reason} "
+            "(reads that need no primary keep going to replicas; see docs/operations.md)"
+        )

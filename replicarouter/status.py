@@ -16,7 +16,7 @@ from . import health, pools
 from .conf import settings, topology
 from .health.monitor import fetch_snapshot, initial_nodes, judge, running
 from .health.probe import Prober, connection_params
-from .health.state import NodeHealth, Rules
+from .health.state import Election, NodeHealth, Rules
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_CRITICAL = 0, 1, 2
 
@@ -35,7 +35,7 @@ def _node(node: NodeHealth) -> dict[str, Any]:
     return data
 
 
-def _probe_once(cluster: Any, databases: dict[str, Any]) -> dict[str, NodeHealth]:
+def _probe_once(cluster: Any, databases: dict[str, Any]) -> tuple[dict[str, NodeHealth], Election]:
     timeout = settings.CHECK_TIMEOUT
     params = {a: connection_params(databases[a], timeout) for a in (cluster.primary, *cluster.replicas)}
     prober = Prober(params)
@@ -47,8 +47,7 @@ def _probe_once(cluster: Any, databases: dict[str, Any]) -> dict[str, NodeHealth
         fall=1, rise=1, max_lag_seconds=settings.MAX_LAG_SECONDS, max_lag_bytes=settings.MAX_LAG_BYTES
     )
     # a one-off probe: judged on itself alone (no history, no state-change log lines)
-    nodes = judge(cluster, initial_nodes(cluster, databases), results, rules=rules, history=None, log=False)
-    return nodes
+    return judge(cluster, initial_nodes(cluster, databases), results, rules=rules, history=None, log=False)
 
 
 def status(cluster: str | None = None) -> dict[str, Any]:
@@ -86,9 +85,12 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
     interval = settings.CHECK_INTERVAL
     monitor: dict[str, Any] = {"interval": interval, "leader": None, "published_at": None}
     nodes: dict[str, NodeHealth] | None = None
+    writer: str | None = spec.primary
+    reason = ""
     local = health.snapshot(spec.name)
     if running() is not None and local is not None and not local.stale():
         nodes = dict(local.nodes)
+        writer, reason = local.active, local.reason
         monitor.update(
             source=f"this process ({local.source})", leader=local.leader, published_at=local.published_at
         )
@@ -102,10 +104,12 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
             fetched = None
             monitor["redis"] = f"down ({exc})"
         if fetched is not None:
-            nodes, leader, published_at = fetched
+            nodes, election, leader, published_at = fetched
+            writer, reason = election.active, election.reason
             monitor.update(source="redis", leader=leader, published_at=published_at)
     if nodes is None:
-        nodes = _probe_once(spec, databases)
+        nodes, election = _probe_once(spec, databases)
+        writer, reason = election.active, election.reason
         monitor.update(source="direct probe", published_at=time.time())
         monitor.setdefault("redis", "not configured" if redis_client is None else monitor.get("redis"))
     published = monitor["published_at"]
@@ -114,16 +118,28 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
     return {
         "primary": _node(nodes[spec.primary]),
         "replicas": [_node(nodes[alias]) for alias in spec.replicas],
+        "writes_to": writer,
+        "writer_reason": reason,
         "monitor": monitor,
     }
 
 
 def exit_code(data: dict[str, Any]) -> int:
-    """Return 0 (all healthy), 1 (a replica down or lagging) or 2 (primary down or nothing readable)."""
+    """Return 0 (all healthy), 1 (degraded) or 2 (critical), as documented in docs/operations.md.
+
+    Critical: no node takes writes, a second primary is fenced (split brain), or nothing is readable.
+    Degraded: a replica is down, lagging or promoted, or writes go to a promoted replica because the
+    configured primary is gone.
+    """
     code = EXIT_HEALTHY
     for cluster in data["clusters"].values():
-        if cluster["primary"]["state"] != "up":  # writes fail (and reads, if no replica is up)
+        nodes = [cluster["primary"], *cluster["replicas"]]
+        writer = cluster.get("writes_to", cluster["primary"]["alias"])
+        writer_node = next((n for n in nodes if n["alias"] == writer), None)
+        if writer_node is None or writer_node["state"] == "down" or any(n.get("fenced") for n in nodes):
             return EXIT_CRITICAL
+        if writer_node is not cluster["primary"] or cluster["primary"]["state"] != "up":
+            code = EXIT_DEGRADED
         replicas_up = [r for r in cluster["replicas"] if r["state"] == "up" and not r.get("promoted")]
         if len(replicas_up) < len(cluster["replicas"]):
             code = EXIT_DEGRADED

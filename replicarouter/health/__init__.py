@@ -5,6 +5,13 @@ The monitor (``health.monitor``, started by the router on first use in each proc
 and how far each lags. No snapshot yet (the monitor has not finished its first round) or a snapshot older
 than ``STALE_INTERVALS`` intervals means "unknown": no replica is usable and reads go to the primary.
 Unknown lag is never zero.
+
+It also answers the backend's question "which node takes this cluster's writes?" (``write_node``):
+the node the monitor elected (the configured primary, or a promoted replica on a newer timeline), or
+None when the primary is down and nothing was promoted. And it keeps this process's *suspects*: replicas
+a request just failed to read from (connection refused, broken or timed out). A suspect gets no reads
+in this process until a probe that started after the failure finds it healthy, so a dead replica costs
+at most the reads already in flight on it, which are retried elsewhere.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ class Snapshot:
     leader: str | None = None
     interval: float = 1.0
     extra: Mapping[str, object] = field(default_factory=dict)
+    #: the node that takes writes (see ``write_node``); None: no primary available
+    active: str | None = None
+    #: why ``active`` is what it is (for errors and status)
+    reason: str = ""
+    #: the newest timeline seen in this cluster
+    timeline: int = 0
 
     def stale(self, now: float | None = None) -> bool:
         return (
@@ -44,6 +57,8 @@ class Snapshot:
 
 _snapshots: dict[str, Snapshot] = {}
 _NOTHING: frozenset[str] = frozenset()
+#: (cluster, alias) → wall-clock time a request found the node broken, in this process
+_suspects: dict[tuple[str, str], float] = {}
 
 
 def usable_replicas(cluster: str) -> frozenset[str]:
@@ -51,7 +66,39 @@ def usable_replicas(cluster: str) -> frozenset[str]:
     snapshot = _snapshots.get(cluster)
     if snapshot is None or time.monotonic() - snapshot.received > STALE_INTERVALS * snapshot.interval:
         return _NOTHING
+    if _suspects:
+        return snapshot.usable - {alias for (name, alias) in list(_suspects) if name == cluster}
     return snapshot.usable
+
+
+def suspect(cluster: str, alias: str) -> None:
+    """Take ``alias`` out of this process's reads until a later probe finds it healthy."""
+    _suspects[(cluster, alias)] = time.time()
+
+
+def is_suspect(cluster: str, alias: str) -> bool:
+    """Return whether a request of this process found ``alias`` broken since it was last probed healthy."""
+    return bool(_suspects) and (cluster, alias) in _suspects
+
+
+def write_node(cluster: str, configured: str) -> str | None:
+    """Return the alias whose server takes ``cluster``'s writes now (None: no primary is available).
+
+    Before the first snapshot, and when the monitor's view is stale and says nothing is available, the
+    configured primary is tried: a connection attempt bounded by ``CONNECT_TIMEOUT`` decides.
+    """
+    snapshot = _snapshots.get(cluster)
+    if snapshot is None:
+        return configured
+    if snapshot.active is None and snapshot.stale():
+        return configured
+    return snapshot.active
+
+
+def node(cluster: str, alias: str) -> NodeHealth | None:
+    """Return the last known health of one node (None before the first snapshot)."""
+    snapshot = _snapshots.get(cluster)
+    return None if snapshot is None else snapshot.nodes.get(alias)
 
 
 def lag_seconds(cluster: str) -> Mapping[str, float]:
@@ -72,10 +119,19 @@ def snapshot(cluster: str) -> Snapshot | None:
 
 
 def set_snapshot(cluster: str, value: Snapshot) -> None:
-    """Install a new snapshot (called by the monitor)."""
+    """Install a new snapshot (called by the monitor); clear suspects it proves healthy again."""
     _snapshots[cluster] = value
+    for key, since in list(_suspects.items()):
+        name, alias = key
+        if name != cluster or alias not in value.usable:
+            continue
+        checked = value.nodes[alias].checked_at if alias in value.nodes else None
+        # the probe ran between checked_at - interval and checked_at: it must have started after the failure
+        if checked is not None and checked - value.interval > since:
+            _suspects.pop(key, None)
 
 
 def clear() -> None:
-    """Forget every snapshot (the monitor stopped, or a forked child starts over)."""
+    """Forget every snapshot and suspect (the monitor stopped, or a forked child starts over)."""
     _snapshots.clear()
+    _suspects.clear()

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from .. import pools
@@ -36,7 +36,7 @@ from ..conf import settings, topology
 from ..topology import Cluster
 from . import Snapshot, clear, set_snapshot, snapshot
 from .probe import Prober, ProbeResult, connection_params
-from .state import NodeHealth, PrimaryHistory, Rules, next_health, usable
+from .state import Election, NodeHealth, PrimaryHistory, Rules, elect, next_health, usable
 
 logger = logging.getLogger("replicarouter.health")
 
@@ -96,9 +96,19 @@ class ClusterProbe:
             (cluster, timeout, [sorted((k, repr(v)) for k, v in databases[a].items()) for a in aliases])
         )
 
-    def round(self, nodes: dict[str, NodeHealth], timeout: float, rules: Rules) -> dict[str, NodeHealth]:
-        """Probe every node once and return their next health (state changes are logged)."""
-        return judge(self.cluster, nodes, self.prober.probe(timeout), rules=rules, history=self.history)
+    def round(
+        self, nodes: dict[str, NodeHealth], timeout: float, rules: Rules, previous: Election | None
+    ) -> tuple[dict[str, NodeHealth], Election]:
+        """Probe every node once and return their next health and writer (changes are logged)."""
+        return judge(
+            self.cluster,
+            nodes,
+            self.prober.probe(timeout),
+            rules=rules,
+            history=self.history,
+            previous=previous.active if previous is not None else None,
+            known_timeline=previous.timeline if previous is not None else 0,
+        )
 
     def close(self) -> None:
         self.prober.close()
@@ -111,25 +121,59 @@ def judge(
     *,
     rules: Rules,
     history: PrimaryHistory | None,
+    previous: str | None = None,
+    known_timeline: int = 0,
     log: bool = True,
-) -> dict[str, NodeHealth]:
-    """Return the nodes' next health given one round of probe results (lag against this round's primary)."""
+) -> tuple[dict[str, NodeHealth], Election]:
+    """Return the nodes' next health and the elected writer, given one round of probe results.
+
+    Lag is measured against the elected primary's position; while no primary answers, against the last
+    position a primary was seen at (replicas that replayed it are as current as any readable node).
+    """
     now = time.time()
-    primary_result = results.get(cluster.primary)
+    claims = {a: r.timeline for a, r in results.items() if r.ok and not r.in_recovery}
+    unreachable = frozenset(
+        a for a, r in results.items() if not r.ok and a in nodes and nodes[a].failures + 1 >= rules.fall
+    )
+    election = elect(
+        cluster.primary, claims, previous=previous, known_timeline=known_timeline, unreachable=unreachable
+    )
     primary_position = None
-    if primary_result is not None and primary_result.ok and not primary_result.in_recovery:
-        primary_position = primary_result.position
+    if election.active in claims:
+        primary_position = results[election.active].position
         if primary_position is not None and history is not None:
             history.add(now, primary_position)
+    elif history is not None and history.samples:
+        primary_position = history.samples[-1][1]
     updated = {}
     for alias, node in nodes.items():
         new, reason = next_health(
             node, results[alias], primary_position=primary_position, history=history, rules=rules, now=now
         )
-        if log and (new.state != node.state or new.promoted != node.promoted):
+        fenced = alias in election.fenced
+        if fenced != new.fenced:
+            new = replace(new, fenced=fenced)
+            reason = "fenced: " + election.reason if fenced else "no longer fenced"
+        if log and (new.state != node.state or new.promoted != node.promoted or new.fenced != node.fenced):
             log_change(node, new, reason)
         updated[alias] = new
-    return updated
+    if log and election.active != previous and previous is not None:
+        level = logging.WARNING if election.active != cluster.primary else logging.INFO
+        logger.log(
+            level,
+            "cluster %s: writes now go to %s (were %s): %s",
+            cluster.name,
+            election.active,
+            previous,
+            election.reason,
+            extra={
+                "replicarouter_cluster": cluster.name,
+                "replicarouter_writer": election.active,
+                "replicarouter_previous_writer": previous,
+                "replicarouter_reason": election.reason,
+            },
+        )
+    return updated, election
 
 
 def log_change(old: NodeHealth, new: NodeHealth, reason: str) -> None:
@@ -144,7 +188,7 @@ def log_change(old: NodeHealth, new: NodeHealth, reason: str) -> None:
         reason,
         new.lag_bytes,
         new.lag_seconds,
-        " PROMOTED" if new.promoted else "",
+        (" PROMOTED" if new.promoted else "") + (" FENCED" if new.fenced else ""),
         extra={
             "replicarouter_node": new.alias,
             "replicarouter_old_state": old.state,
@@ -166,6 +210,9 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self._probes: dict[str, ClusterProbe] = {}
         self._nodes: dict[str, dict[str, NodeHealth]] = {}
+        self._elections: dict[str, Election] = {}
+        #: when each cluster was first seen without a writer (for PROMOTE_AFTER)
+        self._writer_lost: dict[str, float] = {}
         self._redis: Any = None
         self._redis_url: str | None = None
         self._redis_ok: bool | None = None
@@ -218,32 +265,37 @@ class Monitor:
         client = self._redis_client()
         for cluster in topology().clusters:
             nodes = self._nodes.get(cluster.name) or initial_nodes(cluster, databases)
+            previous = self._elections.get(cluster.name)
             source, published_at = "local", time.time()
             leader: str | None = self.identity
-            fetched = None
             if client is not None:
                 try:
                     if self._lead(client, cluster, interval):
-                        nodes = self._probe(cluster, nodes, databases, timeout, current)
+                        nodes, election = self._probe(cluster, nodes, databases, timeout, current, previous)
+                        election = self._maybe_promote(cluster, nodes, election, databases)
                         published_at = time.time()
-                        self._publish(client, cluster, nodes, interval, published_at)
+                        self._publish(client, cluster, nodes, election, interval, published_at)
                         source = "leader"
                     else:
                         fetched = self._fetch(client, cluster, interval)
                         if fetched is None:  # the leader is late or gone: see for ourselves meanwhile
-                            nodes = self._probe(cluster, nodes, databases, timeout, current)
+                            probed = self._probe(cluster, nodes, databases, timeout, current, previous)
+                            nodes, election = probed
                         else:
-                            nodes, leader, published_at = fetched
+                            nodes, election, leader, published_at = fetched
+                            if previous is not None and previous.timeline > election.timeline:
+                                election = replace(election, timeline=previous.timeline)
                             source = "redis"
                     self._set_redis_ok(True)
                 except Exception as exc:
                     self._set_redis_ok(False, exc)
-                    nodes = self._probe(cluster, nodes, databases, timeout, current)
+                    nodes, election = self._probe(cluster, nodes, databases, timeout, current, previous)
                     source, leader, published_at = "local", self.identity, time.time()
             else:
-                nodes = self._probe(cluster, nodes, databases, timeout, current)
+                nodes, election = self._probe(cluster, nodes, databases, timeout, current, previous)
             self._nodes[cluster.name] = nodes
-            self._apply(cluster, nodes, source, leader, published_at, interval)
+            self._elections[cluster.name] = election
+            self._apply(cluster, nodes, election, source, leader, published_at, interval)
 
     def _probe(
         self,
@@ -252,7 +304,8 @@ class Monitor:
         databases: dict[str, Any],
         timeout: float,
         current: Rules,
-    ) -> dict[str, NodeHealth]:
+        previous: Election | None,
+    ) -> tuple[dict[str, NodeHealth], Election]:
         key = ClusterProbe._key(cluster, databases, timeout)
         probe = self._probes.get(cluster.name)
         if probe is None or probe.key != key:
@@ -260,12 +313,32 @@ class Monitor:
                 probe.close()
             probe = self._probes[cluster.name] = ClusterProbe(cluster, databases, timeout)
         self.probe_rounds += 1
-        return probe.round(nodes, timeout, current)
+        return probe.round(nodes, timeout, current, previous)
+
+    def _maybe_promote(
+        self, cluster: Cluster, nodes: dict[str, NodeHealth], election: Election, databases: dict[str, Any]
+    ) -> Election:
+        """As the cluster's leader, promote a replica when PROMOTE_AFTER allows it (see failover.py)."""
+        after = settings.PROMOTE_AFTER
+        if after is None or election.active is not None:
+            self._writer_lost.pop(cluster.name, None)
+            return election
+        lost = self._writer_lost.setdefault(cluster.name, time.monotonic())
+        if time.monotonic() - lost < after:
+            return election
+        from . import failover
+
+        promoted = failover.promote(cluster, nodes, databases, waited=time.monotonic() - lost)
+        if promoted is None:
+            return election
+        self._writer_lost.pop(cluster.name, None)
+        return replace(election, reason=f"promoting {promoted}: {election.reason}")
 
     def _apply(
         self,
         cluster: Cluster,
         nodes: dict[str, NodeHealth],
+        election: Election,
         source: str,
         leader: str | None,
         published_at: float,
@@ -276,6 +349,11 @@ class Monitor:
         if previous is not None:
             for alias in previous.usable - now_usable:
                 pools.registry.dispose(alias)  # idle connections to an excluded replica are suspect
+            if previous.active != election.active:
+                # the primary alias's connections point at the former writer: none may be reused
+                pools.registry.dispose(cluster.primary)
+            for alias in election.fenced - {a for a, n in previous.nodes.items() if n.fenced}:
+                pools.registry.dispose(alias)
         lag = {a: n.lag_seconds for a, n in nodes.items() if n.lag_seconds is not None}
         set_snapshot(
             cluster.name,
@@ -290,6 +368,9 @@ class Monitor:
                 leader=leader,
                 interval=interval,
                 extra={"redis": self.redis_state()},
+                active=election.active,
+                reason=election.reason,
+                timeline=election.timeline,
             ),
         )
 
@@ -336,6 +417,7 @@ class Monitor:
         client: Any,
         cluster: Cluster,
         nodes: dict[str, NodeHealth],
+        election: Election,
         interval: float,
         published_at: float,
     ) -> None:
@@ -344,13 +426,16 @@ class Monitor:
             "leader": self.identity,
             "interval": interval,
             "nodes": {alias: asdict(node) for alias, node in nodes.items()},
+            "active": election.active,
+            "timeline": election.timeline,
+            "reason": election.reason,
         }
         ttl = int(SNAPSHOT_TTL_INTERVALS * interval * 1000)
         client.set(self._key(cluster, "snapshot"), json.dumps(payload), px=ttl)
 
     def _fetch(
         self, client: Any, cluster: Cluster, interval: float
-    ) -> tuple[dict[str, NodeHealth], str | None, float] | None:
+    ) -> tuple[dict[str, NodeHealth], Election, str | None, float] | None:
         return fetch_snapshot(client, self._key(cluster, "snapshot"), cluster, interval)
 
     def _release_leases(self) -> None:
@@ -365,8 +450,8 @@ class Monitor:
 
 def fetch_snapshot(
     client: Any, key: str, cluster: Cluster, interval: float
-) -> tuple[dict[str, NodeHealth], str | None, float] | None:
-    """Return a published snapshot's nodes, leader and time, or None if missing, unreadable or stale."""
+) -> tuple[dict[str, NodeHealth], Election, str | None, float] | None:
+    """Return a published snapshot's nodes, writer, leader and time; None if missing, unreadable or stale."""
     raw = client.get(key)
     if raw is None:
         return None
@@ -374,6 +459,13 @@ def fetch_snapshot(
         payload = json.loads(raw)
         nodes = {alias: NodeHealth(**data) for alias, data in payload["nodes"].items()}
         published_at = float(payload["published_at"])
+        active = payload.get("active", cluster.primary)
+        election = Election(
+            None if active is None else str(active),
+            frozenset(a for a, n in nodes.items() if n.fenced),
+            int(payload.get("timeline") or 0),
+            str(payload.get("reason") or ""),
+        )
     except (ValueError, TypeError, KeyError):
         logger.warning("ignoring an unreadable health snapshot at %s", key)
         return None
@@ -381,7 +473,9 @@ def fetch_snapshot(
         return None  # published for another topology
     if time.time() - published_at > LEASE_INTERVALS * interval:
         return None
-    return nodes, payload.get("leader"), published_at
+    if election.active is not None and election.active not in nodes:
+        return None
+    return nodes, election, payload.get("leader"), published_at
 
 
 _lock = threading.Lock()

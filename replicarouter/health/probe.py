@@ -22,7 +22,11 @@ PROBE_SQL = (
     "SELECT pg_is_in_recovery(), "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
     "pg_last_wal_receive_lsn(), "
-    "extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+    "extract(epoch FROM now() - pg_last_xact_replay_timestamp()), "
+    # a primary's timeline: the first 8 hex digits of its current WAL file name (pg_control's
+    # checkpoint timeline only changes at the first checkpoint after a promotion)
+    "CASE WHEN pg_is_in_recovery() THEN NULL "
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
 _LSN_ZERO = "0/0"
 
@@ -41,6 +45,8 @@ class ProbeResult:
     replay_age: float | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: the timeline a primary writes on (None for standbys)
+    timeline: int | None = None
 
 
 def lsn_to_int(lsn: str | None) -> int | None:
@@ -105,7 +111,7 @@ class _Target:
         return None
 
     def finish(self, row: Any) -> None:
-        in_recovery, position, receive, replay_age = row
+        in_recovery, position, receive, replay_age, timeline = row
         self.phase = "done"
         self.result = ProbeResult(
             self.alias,
@@ -115,6 +121,7 @@ class _Target:
             receive_position=lsn_to_int(receive),
             replay_age=None if replay_age is None else float(replay_age),
             seconds=time.monotonic() - self.started,
+            timeline=timeline,
         )
 
     def fail(self, error: str) -> None:

@@ -49,11 +49,17 @@ class NodeHealth:
     failures: int = 0
     healthy_streak: int = 0
     position: int | None = None
+    #: the WAL position a standby has received (replayed or not): who is most caught up for promotion
+    received: int | None = None
+    #: the timeline a node that acts as primary writes on
+    timeline: int | None = None
+    #: a second primary on an older timeline: it gets no traffic at all
+    fenced: bool = False
 
     def public(self) -> dict[str, Any]:
         """Return the fields ``replicastatus --json`` shows for a node (pool stats are added later)."""
         data = asdict(self)
-        for internal in ("configured_role", "failures", "healthy_streak", "position"):
+        for internal in ("configured_role", "failures", "healthy_streak", "position", "received"):
             data.pop(internal)
         return data
 
@@ -136,6 +142,8 @@ def next_health(
         failures=0,
         healthy_streak=streak,
         position=result.position,
+        received=result.receive_position,
+        timeline=result.timeline,
     )
     return updated, reason
 
@@ -165,5 +173,57 @@ def usable(nodes: dict[str, NodeHealth]) -> frozenset[str]:
     return frozenset(
         alias
         for alias, n in nodes.items()
-        if n.configured_role == "replica" and n.state == "up" and not n.promoted
+        if n.configured_role == "replica" and n.state == "up" and not n.promoted and not n.fenced
     )
+
+
+@dataclass(frozen=True)
+class Election:
+    """Which node takes a cluster's writes after one round, and which primaries are fenced."""
+
+    #: the alias of the node acting as primary; None when no primary is available
+    active: str | None
+    fenced: frozenset[str]
+    #: the newest timeline ever seen in this cluster (a primary on an older one is fenced)
+    timeline: int
+    reason: str
+
+
+def elect(
+    configured: str,
+    claims: dict[str, int | None],
+    *,
+    previous: str | None,
+    known_timeline: int,
+    unreachable: frozenset[str],
+) -> Election:
+    """Return the node that takes writes, given the nodes that answered as primaries this round.
+
+    ``claims`` maps each node that answered "not in recovery" to its timeline. The newest timeline wins
+    (a promotion always starts a new one); on a tie the current writer keeps its place, then the
+    configured primary. Every other claimant is fenced. A claimant older than a timeline seen before is
+    a former primary that came back: fenced too, even when it is the only one answering. With no claimant
+    the current writer stays (a failed probe is not yet an outage) until it is ``down``.
+    """
+    newest = max((t or 0 for t in claims.values()), default=0)
+    timeline = max(known_timeline, newest)
+    current = previous or configured
+    if claims:
+        if newest < known_timeline:
+            return Election(
+                None,
+                frozenset(claims),
+                timeline,
+                f"{', '.join(sorted(claims))} claim primary on timeline {newest}, older than timeline "
+                f"{known_timeline} seen before: fenced (split brain); the newer primary does not answer",
+            )
+        best = sorted(a for a, t in claims.items() if (t or 0) == newest)
+        winner = current if current in best else configured if configured in best else best[0]
+        fenced = frozenset(claims) - {winner}
+        reason = f"{winner} is primary on timeline {newest}"
+        if fenced:
+            reason += f"; fenced {', '.join(sorted(fenced))} (also claiming primary, older timeline)"
+        return Election(winner, fenced, timeline, reason)
+    if current in unreachable:
+        return Election(None, frozenset(), timeline, f"{current} is down and no replica has been promoted")
+    return Election(current, frozenset(), timeline, f"{current} is primary (last probe did not answer)")

@@ -226,16 +226,20 @@ def test_promotion_is_reported(replica_cluster_factory):
     spec = topology.default
     probe = ClusterProbe(spec, databases, timeout=1.0)
     try:
-        nodes = probe.round(initial_nodes(spec, databases), 1.0, Rules())
+        nodes, election = probe.round(initial_nodes(spec, databases), 1.0, Rules(), None)
         assert {a: n.state for a, n in nodes.items()} == {"default": "up", "replica1": "up", "replica2": "up"}
+        assert election.active == "default" and nodes["default"].timeline == 1
         cluster.stop(cluster.primary, "fast")
         cluster.promote("replica1")
-        nodes = probe.round(nodes, 1.0, Rules(fall=1))
+        nodes, election = probe.round(nodes, 1.0, Rules(fall=1), election)
     finally:
         probe.close()
     assert nodes["replica1"].promoted and nodes["replica1"].role == "primary"
+    assert nodes["replica1"].timeline == 2
+    assert election.active == "replica1" and election.timeline == 2
     assert nodes["default"].state == "down"
-    assert nodes["replica2"].state == "lagging"  # no reachable primary to measure it against
+    # replica2 now streams from replica1 and is measured against it
+    assert nodes["replica2"].state == "up"
 
 
 def _replicastatus(replica_cluster, *args):

@@ -49,3 +49,30 @@ def sticky_read(request):
         return JsonResponse({"found": True, "port": rows[0]})
     port = Item.objects.annotate(port=RawSQL("inet_server_port()", ())).values_list("port", flat=True).first()
     return JsonResponse({"found": False, "port": port})
+
+
+def load_read(request):
+    """A plain read (no session, no write): which server answered."""
+    return JsonResponse({"port": _port()})
+
+
+def load_transaction(request):
+    """Two inserts in one transaction with a pause between them (to be cut mid-transaction)."""
+    from django.db import connection, transaction
+
+    tag = request.GET["tag"]
+    with transaction.atomic():
+        Item.objects.create(name=f"{tag}-first")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(%s)", [float(request.GET.get("sleep", "2"))])
+        Item.objects.create(name=f"{tag}-second")
+    return JsonResponse({"ok": True})
+
+
+def load_hold(request):
+    """Hold a primary connection for a while (to exhaust the pool)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [float(request.GET.get("seconds", "1"))])
+    return JsonResponse({"ok": True})

@@ -8,20 +8,39 @@ options come from the alias's top-level ``POOL`` key, which never reaches libpq.
 Routing: every statement goes through ``TrackingCursor``, which tells the routing context when a
 statement writes (raw SQL and ``using()`` included, which the router never sees) and tells the pool when
 a statement changed session state; ``in_atomic_block`` is mirrored into the routing context.
+
+Failover, at the connection level (so that ``atomic()``, ``using()`` and raw cursors all follow it):
+
+- A cluster's **primary alias** connects to the node the monitor elected as writer: the configured
+  primary, or a replica promoted on a newer timeline. With no writer (primary down, nothing promoted)
+  it raises ``PrimaryUnavailable`` at once, and a failed connection attempt becomes one too.
+- A **replica alias** that cannot connect, or that the process found broken, lends a connection to
+  another usable replica, then to the primary (in a read-only session). A read (outside any
+  transaction, client-side cursor, not a write) whose connection breaks or is cut by the read-timeout
+  watchdog is run again once on such a fallback connection, and then on the primary, before the caller
+  saw any row: psycopg2's client-side cursors fetch the whole result in ``execute()``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any
 
 import psycopg2
 from django.db.backends.postgresql import base as django_base
 
-from ... import context, pools, statements
-from ...conf import topology
-from ...exceptions import ConfigurationError
+from ... import context, health, pools, statements, watchdog
+from ...conf import settings, topology
+from ...exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable
+from ...topology import Cluster
 from .creation import DatabaseCreation
+
+logger = logging.getLogger("replicarouter.failover")
+
+#: retries and fallbacks in this process (status and metrics read them)
+counters = {"read_retries": 0, "read_fallbacks": 0, "primary_unavailable": 0}
 
 
 class PooledDriver:
@@ -44,6 +63,8 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
 
     connection: Any
     _in_atomic_block = False
+    #: set while this wrapper holds a connection lent for reads of a replica alias (retries allowed)
+    _read_cluster: Cluster | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,11 +96,113 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         self._pool_cache = (pool_setting, dict(params), pool)
         return pool
 
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        # libpq waits forever on a server that accepts nothing (frozen, black-holed) without it
+        params.setdefault("connect_timeout", settings.CONNECT_TIMEOUT)
+        return params
+
+    def _placement(self) -> tuple[Cluster | None, str | None]:
+        """Return this alias's cluster and role in it (None, None: not part of any cluster)."""
+        try:
+            cluster = topology().by_alias.get(self.alias)
+        except ConfigurationError:
+            return None, None
+        if cluster is None:
+            return None, None
+        return cluster, "primary" if cluster.primary == self.alias else "replica"
+
     def _borrow(self, conn_params: dict[str, Any]) -> Any:
-        borrowed = self.connection_pool(conn_params).checkout()
+        cluster, role = self._placement()
+        self._read_cluster = None
+        if role == "primary" and cluster is not None:
+            borrowed = self._borrow_primary(cluster, conn_params)
+        elif role == "replica" and cluster is not None and settings.RETRY_READS:
+            borrowed = self._borrow_replica(cluster, conn_params)
+            self._read_cluster = cluster
+        else:
+            borrowed = self.connection_pool(conn_params).checkout()
         self._borrowed = borrowed
         self._borrowed_pid = os.getpid()
         return borrowed.connection
+
+    def _borrow_primary(self, cluster: Cluster, conn_params: dict[str, Any]) -> pools.Borrowed:
+        """Borrow a connection to the node that takes the cluster's writes now."""
+        writer = health.write_node(cluster.name, self.alias)
+        if writer is None:
+            counters["primary_unavailable"] += 1
+            snapshot = health.snapshot(cluster.name)
+            raise PrimaryUnavailable(cluster.name, self.alias, snapshot.reason if snapshot else "unknown")
+        params = conn_params if writer == self.alias else _connection_params(writer)
+        try:
+            return self.connection_pool(params).checkout()
+        except PoolExhausted:
+            raise
+        except psycopg2.OperationalError as exc:
+            counters["primary_unavailable"] += 1
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PrimaryUnavailable(
+                cluster.name, self.alias, f"cannot connect to {writer}: {detail}"
+            ) from exc
+
+    def _borrow_replica(self, cluster: Cluster, conn_params: dict[str, Any]) -> pools.Borrowed:
+        """Borrow a connection to this replica, or to a fallback when it is broken (see module doc)."""
+        error: Exception | None = None
+        if not health.is_suspect(cluster.name, self.alias):
+            try:
+                return self.connection_pool(conn_params).checkout()
+            except PoolExhausted:
+                raise
+            except psycopg2.OperationalError as exc:
+                health.suspect(cluster.name, self.alias)
+                error = exc
+        return _fallback(cluster, self.alias, error)
+
+    def guarded_execute(self, cursor: TrackingCursor, method: str, sql: Any, params: Any) -> Any:
+        """Run a read on a replica with the read timeout, and again elsewhere if its connection breaks."""
+        cluster = self._read_cluster
+        assert cluster is not None
+        timeout = settings.READ_TIMEOUT
+        attempts = 0
+        while True:
+            conn = self.connection
+            raw = cursor._cursor
+            watch: watchdog.Watch | None = None
+            try:
+                if timeout is None:
+                    return getattr(raw, method)(sql, params)
+                with watchdog.get().watching(conn, cluster.name, self.alias, timeout) as watch:
+                    return getattr(raw, method)(sql, params)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                # only a broken connection is retried: a cancelled or failed statement on a live one is
+                # the caller's business
+                cut = watch is not None and watch.aborted
+                if attempts >= 2 or not (conn.closed or cut):
+                    raise
+                attempts += 1
+                server = _server(conn)
+                health.suspect(cluster.name, self.alias)
+                for alias, borrowed_server in _aliases_on(cluster, server):
+                    if borrowed_server:
+                        health.suspect(cluster.name, alias)
+                counters["read_retries"] += 1
+                logger.warning(
+                    "read on %s (%s) failed: %s; retrying it elsewhere (attempt %d)",
+                    self.alias,
+                    server,
+                    "no answer within READ_TIMEOUT" if cut else str(exc).strip().splitlines()[0],
+                    attempts,
+                    extra={"replicarouter_node": self.alias, "replicarouter_event": "read_retry"},
+                )
+                self._replace_connection(cursor)
+
+    def _replace_connection(self, cursor: TrackingCursor) -> None:
+        """Drop the broken connection and point ``cursor`` at a fresh one (a fallback node's)."""
+        with contextlib.suppress(Exception):  # the connection is broken: closing it may complain
+            self.close()
+        self.connection = None
+        self.ensure_connection()
+        cursor._cursor = self.create_cursor()._cursor
 
     def _forget_inherited(self) -> None:
         """Drop, without I/O, a connection this wrapper holds from before a fork."""
@@ -138,7 +261,8 @@ class TrackingCursor:
         self._cursor = cursor
         self._wrapper = wrapper
 
-    def _track(self, sql: Any) -> None:
+    def _track(self, sql: Any) -> bool:
+        """Note what ``sql`` does; return whether it may be retried elsewhere if its connection breaks."""
         wrapper = self._wrapper
         write, session_state = statements.classify(sql)
         if write:
@@ -147,9 +271,18 @@ class TrackingCursor:
             borrowed = wrapper._borrowed
             if borrowed is not None:
                 borrowed.dirty = True
+        return (
+            wrapper._read_cluster is not None
+            and not write
+            and not session_state
+            and wrapper.autocommit
+            and not wrapper.in_atomic_block
+            and self._cursor.name is None
+        )
 
     def execute(self, sql: Any, params: Any = None) -> Any:
-        self._track(sql)
+        if self._track(sql):
+            return self._wrapper.guarded_execute(self, "execute", sql, params)
         return self._cursor.execute(sql, params)
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
@@ -188,3 +321,82 @@ class TrackingCursor:
 
     def __exit__(self, *exc: object) -> None:
         self._cursor.close()
+
+
+def _connection_params(alias: str) -> dict[str, Any]:
+    from django.db import connections
+
+    params: dict[str, Any] = connections[alias].get_connection_params()
+    return params
+
+
+def _server(conn: Any) -> str:
+    try:
+        return f"{conn.info.host}:{conn.info.port}"
+    except Exception:
+        return "?"
+
+
+def _aliases_on(cluster: Cluster, server: str) -> list[tuple[str, bool]]:
+    """Return the cluster's replica aliases, each with whether it points at ``server`` (host:port)."""
+    from django.conf import settings as django_settings
+
+    out = []
+    for alias in cluster.replicas:
+        entry = django_settings.DATABASES.get(alias, {})
+        out.append((alias, f"{entry.get('HOST')}:{entry.get('PORT')}" == server))
+    return out
+
+
+def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Borrowed:
+    """Lend, for reads of replica ``alias``, a connection to another usable replica, else the primary."""
+    from django.db import connections
+
+    failures = [f"{alias}: {_first_line(error) if error else 'found broken by an earlier request'}"]
+    others = [a for a in cluster.replicas if a != alias and a in health.usable_replicas(cluster.name)]
+    for other in others[:1]:
+        wrapper: DatabaseWrapper = connections[other]
+        try:
+            borrowed: pools.Borrowed = wrapper.connection_pool(wrapper.get_connection_params()).checkout()
+        except psycopg2.OperationalError as exc:
+            health.suspect(cluster.name, other)
+            failures.append(f"{other}: {_first_line(exc)}")
+            continue
+        counters["read_fallbacks"] += 1
+        logger.warning(
+            "replica %s unavailable (%s): its reads go to %s",
+            alias, failures[0], other,
+            extra={"replicarouter_node": alias, "replicarouter_event": "read_fallback"},
+        )  # fmt: skip
+        return borrowed
+    primary: DatabaseWrapper = connections[cluster.primary]
+    writer = health.write_node(cluster.name, cluster.primary)
+    if writer is None:
+        raise PrimaryUnavailable(
+            cluster.name, alias, "no replica could serve the read either: " + "; ".join(failures)
+        )
+    params = primary.get_connection_params() if writer == cluster.primary else _connection_params(writer)
+    borrowed = primary.connection_pool(params).checkout()
+    conn = borrowed.connection
+    try:
+        # reads of a replica alias must not write, on whatever node they land
+        if not conn.autocommit:
+            conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SET default_transaction_read_only = on")
+        borrowed.dirty = True  # DISCARD ALL when it goes back
+    except Exception:
+        borrowed.pool.checkin(borrowed, reusable=False)
+        raise
+    counters["read_fallbacks"] += 1
+    logger.warning(
+        "replicas unavailable (%s): reads of %s go to the primary (%s)",
+        "; ".join(failures), alias, writer,
+        extra={"replicarouter_node": alias, "replicarouter_event": "read_fallback"},
+    )  # fmt: skip
+    return borrowed
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -52,10 +52,16 @@ def render(data: dict[str, Any]) -> str:
             f"cluster {name!r}: source {monitor.get('source')}, leader {monitor.get('leader') or '-'}, "
             f"redis {monitor.get('redis')}, snapshot age {monitor.get('age_seconds')} s"
         )
+        writer = cluster.get("writes_to")
+        lines.append(
+            f"  writes go to: {writer or 'NOWHERE (writes fail with PrimaryUnavailable)'}"
+            + (f" ({cluster['writer_reason']})" if cluster.get("writer_reason") else "")
+        )
         rows = [header]
         for node in [cluster["primary"], *cluster["replicas"]]:
             pool = node["pool"]
             role = node["role"] + (" (PROMOTED)" if node.get("promoted") else "")
+            role += " (FENCED)" if node.get("fenced") else ""
             rows.append(
                 (
                     node["alias"],

@@ -1,0 +1,131 @@
+"""Promotion by the monitor leader (``PROMOTE_AFTER``; off by default).
+
+When the cluster has had no writer for ``PROMOTE_AFTER`` seconds (the primary is ``down`` and no replica
+was promoted by anything else), the process holding the cluster's Redis lease promotes the replica
+that has *received* the most WAL (``pg_promote()``), then points every other replica at it
+(``ALTER SYSTEM SET primary_conninfo`` with the promoted node's HOST/PORT from DATABASES, then
+``pg_reload_conf()``). The next round sees the promoted node on a new timeline and elects it; the former
+primary, if it comes back, is fenced.
+
+Risks (docs/operations.md): a primary that is only unreachable *from the application* keeps running and
+accepting writes from elsewhere (split brain that fencing hides from this application only); writes it
+acknowledged but the replica had not received are lost; it needs superuser (or ``pg_promote`` and
+``ALTER SYSTEM`` grants) on the replicas. Patroni, with a consensus store and real fencing, is the tool
+for production; this is for small set-ups and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ..topology import Cluster
+from .probe import connection_params
+from .state import NodeHealth
+
+logger = logging.getLogger("replicarouter.health")
+
+PROMOTE_WAIT_SECONDS = 10
+
+
+def candidate(cluster: Cluster, nodes: Mapping[str, NodeHealth]) -> str | None:
+    """Return the replica to promote: answering, a standby, not fenced, the most WAL received."""
+    eligible = [
+        n
+        for alias, n in nodes.items()
+        if alias in cluster.replicas
+        and n.failures == 0
+        and n.role == "replica"
+        and n.state != "down"
+        and not n.fenced
+        and n.checked_at is not None
+    ]
+    if not eligible:
+        return None
+
+    def caught_up(n: NodeHealth) -> tuple[int, int]:
+        received = max(n.received or 0, n.position or 0)
+        return received, n.position or 0
+
+    best = max(eligible, key=lambda n: (*caught_up(n), -cluster.replicas.index(n.alias)))
+    return best.alias
+
+
+def _connect(settings_dict: Mapping[str, Any]) -> Any:
+    import psycopg2
+
+    params = connection_params(dict(settings_dict), 2.0)
+    params["application_name"] = "replicarouter-failover"
+    conn = psycopg2.connect(**params)
+    conn.autocommit = True
+    return conn
+
+
+def promote(
+    cluster: Cluster, nodes: Mapping[str, NodeHealth], databases: Mapping[str, Any], *, waited: float
+) -> str | None:
+    """Promote the best replica and re-point the others at it; return its alias (None: nothing done)."""
+    alias = candidate(cluster, nodes)
+    if alias is None:
+        logger.error(
+            "cluster %s: no writer for %.1f s, no replica answers: nothing to promote", cluster.name, waited
+        )
+        return None
+    node = nodes[alias]
+    logger.warning(
+        "cluster %s: no writer for %.1f s (PROMOTE_AFTER): promoting %s (received up to %s)",
+        cluster.name,
+        waited,
+        alias,
+        node.received,
+        extra={"replicarouter_cluster": cluster.name, "replicarouter_promoting": alias},
+    )
+    try:
+        conn = _connect(databases[alias])
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_promote(true, %s)", (PROMOTE_WAIT_SECONDS,))
+                promoted = bool(cursor.fetchone()[0])
+        finally:
+            conn.close()
+    except Exception as exc:
+        logger.error("cluster %s: promoting %s failed: %s", cluster.name, alias, exc)
+        return None
+    if not promoted:
+        logger.error(
+            "cluster %s: %s did not finish promotion within %d s", cluster.name, alias, PROMOTE_WAIT_SECONDS
+        )
+        return None
+    target = databases[alias]
+    for other in cluster.replicas:
+        if other == alias or nodes[other].failures:
+            continue
+        try:
+            repoint(databases[other], str(target.get("HOST") or ""), str(target.get("PORT") or ""))
+        except Exception as exc:
+            logger.error("cluster %s: could not point %s at %s: %s", cluster.name, other, alias, exc)
+        else:
+            logger.warning("cluster %s: %s now streams from %s", cluster.name, other, alias)
+    return alias
+
+
+def repoint(settings_dict: Mapping[str, Any], host: str, port: str) -> None:
+    """Make a standby stream from ``host:port``: its own primary_conninfo with host and port replaced."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    conn = _connect(settings_dict)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT setting FROM pg_settings WHERE name = 'primary_conninfo'")
+            current = parse_dsn(cursor.fetchone()[0] or "")
+            if host:
+                current["host"] = host
+            if port:
+                current["port"] = port
+            cursor.execute("ALTER SYSTEM SET primary_conninfo = %s", (make_dsn(**current),))
+            cursor.execute("SELECT pg_reload_conf()")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()

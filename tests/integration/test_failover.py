@@ -1,0 +1,308 @@
+"""Faults under concurrent load on the real cluster: each test names its fault and checks what users saw.
+
+A load of reader and writer threads runs through Django (tests/load.py) while the fault happens
+mid-run. Every test then checks the outcome for users (failed requests, stale reads, how long requests
+took), what was logged, and that nothing leaked: no server connection outside the pools, no thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import connections
+from django.test import Client, override_settings
+
+from replicarouter import PoolExhausted, PrimaryUnavailable, health, pools, request_context, status
+from replicarouter.health import monitor
+from replicarouter.status import exit_code
+from replicarouter.testing.base import wait_for
+from tests.load import Load
+from tests.testapp.models import Item
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+READ_TIMEOUT = 1.0
+FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.4, "READ_TIMEOUT": READ_TIMEOUT}
+#: a request may wait for one new connection to a frozen node (libpq's connect_timeout floor, 2 s)
+MARGIN = 2.5
+LOAD_SECONDS = 6.0
+
+
+def _app_connections(node, dbname):
+    return node.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = %s "
+        "AND pid <> pg_backend_pid() AND application_name NOT LIKE 'replicarouter-%%'",
+        (dbname,),
+    )
+
+
+@pytest.fixture
+def routing(replica_cluster, caplog):
+    """Fast health settings, a private key prefix, both replicas usable; afterwards check for leaks."""
+    caplog.set_level(logging.INFO, logger="replicarouter")
+    threads_before = set(threading.enumerate())
+    values = replica_cluster.replicarouter_settings(KEY_PREFIX=f"f{uuid.uuid4().hex[:6]}", **FAST)
+    monitor.stop()
+    with override_settings(REPLICAROUTER=values):
+        monitor.ensure_started()
+        wait_for(
+            "both replicas usable",
+            lambda: health.usable_replicas("default") == {"replica1", "replica2"},
+            timeout=10,
+        )
+        with request_context():
+            Item.objects.create(name="seed")
+        replica_cluster.wait_caught_up()
+        yield values
+        replica_cluster.heal()
+        monitor.stop()
+    # nothing leaked: every thread gone, every server connection back in a pool
+    stray = [
+        t.name for t in set(threading.enumerate()) - threads_before if not t.name.startswith("replicarouter-")
+    ]
+    assert not stray, f"threads left behind: {stray}"
+    connections.close_all()
+    pools.registry.dispose()
+    dbname = connections["default"].settings_dict["NAME"]
+    for node in replica_cluster.nodes:
+        wait_for(
+            f"no app connection left on {node.name}",
+            lambda node=node: _app_connections(node, dbname) == 0,
+            timeout=10,
+        )
+
+
+def _ports(replica_cluster):
+    return {node.name: node.port for node in replica_cluster.nodes}
+
+
+def test_replica_killed_no_read_fails(replica_cluster, routing, caplog):
+    """Fault: replica1 killed (SIGKILL) under load → 0 failed reads, reads move to replica2, logged."""
+    report = Load().run(LOAD_SECONDS, fault=lambda: replica_cluster.stop("replica1", "kill"))
+    ports = _ports(replica_cluster)
+    assert not report.hung_threads
+    assert [r for r in report.of("read") if r.port == ports["replica1"] and r.started < report.fault_started]
+    assert not report.failed("read", "own-read"), report.describe()
+    assert not report.failed("write"), report.describe()
+    assert not report.stale()
+    later = [r for r in report.of("read") if r.started > report.fault_ended + 1.0]
+    assert later and all(r.port != ports["replica1"] for r in later)
+    assert "replica1" not in health.usable_replicas("default")
+    assert any("node replica1: up -> down" in m for m in caplog.messages), caplog.messages[-20:]
+
+
+def test_replica_frozen_no_hung_request(replica_cluster, routing, caplog):
+    """Fault: replica1 frozen (SIGSTOP) under load → requests end within READ_TIMEOUT + margin, 0 fail."""
+    report = Load().run(LOAD_SECONDS, fault=lambda: replica_cluster.freeze("replica1"))
+    assert not report.hung_threads
+    slowest = max(r.seconds for r in report.requests)
+    assert slowest < READ_TIMEOUT + MARGIN, f"a request took {slowest:.2f} s"
+    assert not report.failed("read", "own-read"), report.describe()
+    assert not report.failed("write"), report.describe()
+    assert not report.stale()
+    assert any("node replica1: up -> down" in m for m in caplog.messages)
+    cut = [m for m in caplog.messages if "READ_TIMEOUT" in m or "retrying it elsewhere" in m]
+    in_flight = [
+        r
+        for r in report.of("read")
+        if r.started < report.fault_started < r.started + r.seconds and r.seconds > READ_TIMEOUT
+    ]
+    # a read caught on the frozen node was cut and retried, and said so
+    assert not in_flight or cut
+
+
+def test_replay_paused_no_stale_read_for_sticky_sessions(replica_cluster, routing):
+    """Fault: replay paused on replica1 under load → sessions never miss their own writes, 0 failures."""
+    report = Load(readers=3, writers=3).run(
+        LOAD_SECONDS, fault=lambda: replica_cluster.pause_replay("replica1")
+    )
+    assert not report.hung_threads
+    own = report.of("own-read")
+    assert len(own) > 20
+    assert not report.stale(), f"{len(report.stale())} stale reads"
+    assert not report.failed("read", "own-read", "write"), report.describe()
+    # replica1 kept serving plain reads (it is behind, within MAX_LAG): the pause was real
+    paused_reads = [r for r in report.of("read") if r.started > report.fault_ended]
+    assert any(r.port == replica_cluster.node("replica1").port for r in paused_reads)
+
+
+def test_primary_stopped_reads_go_on_writes_fail_fast(replica_cluster, routing, caplog):
+    """Fault: primary stopped → reads keep succeeding; writes fail fast with PrimaryUnavailable; critical."""
+    seen = {}
+
+    def after_fault():
+        wait_for("primary down", lambda: health.write_node("default", "default") is None, timeout=5)
+        data = status()
+        seen["status"] = data["clusters"]["default"]
+        seen["exit"] = exit_code(data)
+
+    report = Load(readers=4, writers=2).run(
+        LOAD_SECONDS,
+        fault=lambda: replica_cluster.stop(replica_cluster.primary, "fast"),
+        after_fault=after_fault,
+    )
+    assert not report.hung_threads
+    assert not report.failed("read"), report.describe(report.of("read"))
+    after = [r for r in report.of("write") if r.started > report.fault_ended + 0.05]
+    assert after and all(r.error == "PrimaryUnavailable" for r in after), report.describe(after)
+    slowest = max(r.seconds for r in after)
+    assert slowest < 2.5, f"a failing write took {slowest:.2f} s"
+    assert seen["status"]["writes_to"] is None and seen["exit"] == 2
+    assert "default is down" in seen["status"]["writer_reason"]
+    assert any("writes now go to None" in m for m in caplog.messages)
+    with (
+        pytest.raises(PrimaryUnavailable, match="cluster 'default' has no primary available"),
+        request_context(),
+    ):
+        Item.objects.create(name="refused")
+    replica_cluster.heal()
+    wait_for("primary back", lambda: health.write_node("default", "default") == "default", timeout=10)
+    with request_context():
+        assert Item.objects.create(name="after").pk
+
+
+def test_redis_stopped_and_started_no_failed_request(replica_cluster, routing, caplog):
+    """Fault: Redis stopped, then started again under load → no failed request, no stale read."""
+
+    def restart_later():
+        time.sleep(1.5)
+        replica_cluster.start_redis()
+
+    report = Load(readers=3, writers=3).run(
+        LOAD_SECONDS, fault=replica_cluster.stop_redis, after_fault=restart_later
+    )
+    assert not report.hung_threads
+    assert not report.failed("read", "own-read", "write"), report.describe()
+    assert not report.stale()
+    assert any("redis unreachable" in m for m in caplog.messages)
+    assert any("redis is back" in m for m in caplog.messages)
+
+
+def test_backend_terminated_mid_transaction(replica_cluster, routing):
+    """Fault: the backend of a request is terminated inside its transaction → that request fails, nothing of
+    its transaction is applied, the next one succeeds, and the rest of the load never notices."""
+    primary = replica_cluster.primary
+    outcome = {}
+    tag = f"t{uuid.uuid4().hex[:6]}"
+
+    def victim():
+        try:
+            outcome["response"] = Client().get("/load/transaction/", {"tag": tag, "sleep": "3.217"})
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    def fault():
+        thread = threading.Thread(target=victim, name="load-victim")
+        thread.start()
+        wait_for(
+            "the transaction to sleep",
+            lambda: primary.scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%3.217%%' "
+                                   "AND pid <> pg_backend_pid()") == 1,
+            timeout=5,
+        )  # fmt: skip
+        primary.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%%3.217%%' "
+            "AND pid <> pg_backend_pid()"
+        )
+        thread.join(10)
+        assert not thread.is_alive()
+
+    report = Load(readers=3, writers=2).run(LOAD_SECONDS, fault=fault)
+    assert "error" in outcome, outcome
+    from django.db.utils import InterfaceError, OperationalError
+
+    assert isinstance(outcome["error"], OperationalError | InterfaceError)
+    assert not Item.objects.using("default").filter(name__startswith=tag).exists()
+    next_one = Client().get("/load/transaction/", {"tag": tag + "b", "sleep": "0"})
+    assert next_one.status_code == 200
+    assert Item.objects.using("default").filter(name__startswith=tag + "b").count() == 2
+    assert not report.failed(), report.describe()
+
+
+def test_pool_exhausted_timely_error_then_recovery(replica_cluster, routing):
+    """Fault: the primary's pool exhausted (size 2, no overflow) → the extra requests fail after TIMEOUT
+    with PoolExhausted naming alias and sizes; reads on replicas go on; requests succeed again after."""
+    entry = settings.DATABASES["default"]
+    saved = entry.get("POOL")
+    entry["POOL"] = {"SIZE": 2, "MAX_OVERFLOW": 0, "TIMEOUT": 0.5}
+    outcomes = []
+
+    def hold():
+        started = time.monotonic()
+        try:
+            Client().get("/load/hold/", {"seconds": "1.5"})
+            outcomes.append(("ok", time.monotonic() - started, ""))
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, time.monotonic() - started, str(exc)))
+        finally:
+            connections.close_all()
+
+    def fault():
+        holders = [threading.Thread(target=hold, name=f"load-holder-{i}") for i in range(4)]
+        for thread in holders:
+            thread.start()
+        for thread in holders:
+            thread.join(10)
+
+    try:
+        report = Load(readers=3, writers=0).run(4.0, fault=fault, fault_at=1.0)
+        assert sorted(o[0] for o in outcomes) == ["PoolExhausted", "PoolExhausted", "ok", "ok"], outcomes
+        for kind, seconds, message in outcomes:
+            if kind == "PoolExhausted":
+                assert seconds < 0.5 + 0.5
+                assert (
+                    "pool 'default' exhausted: size 2 + overflow 0 all checked out, waited 0.5 s" in message
+                )
+        assert pools.registry.stats("default")["timeouts"] >= 2
+        assert not report.failed(), report.describe()
+        for i in range(5):  # recovered
+            assert Client().get("/sticky/write/", {"name": f"after-{i}"}).status_code == 200
+            connections.close_all()
+    finally:
+        entry["POOL"] = saved
+        if saved is None:
+            entry.pop("POOL")
+    assert issubclass(PoolExhausted, Exception)
+
+
+def test_connection_handed_back_to_an_excluded_replica_is_closed(replica_cluster, routing):
+    """Fault: replica1 excluded (lagging) while a thread holds one of its connections → when the thread
+    hands it back, it is closed, not pooled."""
+    node = replica_cluster.node("replica1")
+    dbname = connections["replica1"].settings_dict["NAME"]
+    holding, release = threading.Event(), threading.Event()
+
+    def holder():
+        try:
+            with request_context():
+                list(Item.objects.using("replica1").all()[:1])
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder, name="load-holder")
+    thread.start()
+    try:
+        holding.wait(5)
+        assert _app_connections(node, dbname) >= 1
+        with override_settings(REPLICAROUTER={**routing, "MAX_LAG_BYTES": 1}):
+            replica_cluster.pause_replay("replica1")
+            with request_context():
+                Item.objects.create(name="ahead")
+            wait_for(
+                "replica1 excluded", lambda: "replica1" not in health.usable_replicas("default"), timeout=5
+            )
+            release.set()
+            thread.join(5)
+            wait_for("its connection closed", lambda: _app_connections(node, dbname) == 0, timeout=5)
+    finally:
+        release.set()
+        thread.join(5)
