@@ -6,15 +6,27 @@ sessions, ReplicaRouterMiddleware) and give their connections back after each on
 write a row, then read it back in the same session (a read-your-writes check: not finding it is a stale
 read). Every request is recorded with its start, duration and outcome; a scripted fault runs in the
 calling thread meanwhile.
+
+Clients do not re-raise view exceptions: Django's test client listens to the process-wide
+``got_request_exception`` signal and would re-raise another thread's exception. Each thread keeps the
+exception of its own request instead (the signal is sent in the thread that handled the request).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+_local = threading.local()
+
+
+def _store_exception(sender: Any, **kwargs: Any) -> None:
+    _local.exc = sys.exc_info()[1]
 
 
 @dataclass
@@ -27,6 +39,7 @@ class Request:
     stale: bool = False
     port: int | None = None
     item: int | None = None
+    traceback: str = ""
 
     @property
     def ok(self) -> bool:
@@ -42,7 +55,8 @@ class Report:
     hung_threads: list[str] = field(default_factory=list)
 
     def of(self, *kinds: str) -> list[Request]:
-        return [r for r in self.requests if r.kind in kinds]
+        """Return the requests of these kinds (all of them when none is given)."""
+        return [r for r in self.requests if not kinds or r.kind in kinds]
 
     def failed(self, *kinds: str) -> list[Request]:
         return [r for r in self.of(*kinds) if not r.ok]
@@ -126,35 +140,10 @@ class Load:
     def _call(
         self, client: Any, kind: str, path: str, params: dict[str, Any] | None = None
     ) -> tuple[Request, Any]:
-        from django.db import connections
-
-        started = time.monotonic()
-        request = Request(kind, started - self._t0, 0.0)
-        data = None
-        try:
-            response = client.get(path, params or {})
-            if response.status_code != 200:
-                request.error, request.message = (
-                    f"HTTP{response.status_code}",
-                    response.content[:200].decode(),
-                )
-            else:
-                data = response.json()
-        except Exception as exc:
-            request.error, request.message = type(exc).__name__, str(exc).strip()
-        finally:
-            try:
-                connections.close_all()  # what request_finished does in a real server
-            except Exception as exc:
-                request.error = request.error or type(exc).__name__
-                request.message = request.message or f"closing connections: {exc}"
-            request.seconds = time.monotonic() - started
-        return request, data
+        return call(client, kind, path, params, self._t0)
 
     def _reader(self) -> None:
-        from django.test import Client
-
-        client = Client()
+        client = _client()
         while not self._stop.is_set():
             request, data = self._call(client, "read", "/load/read/")
             if data is not None:
@@ -163,9 +152,7 @@ class Load:
             self._stop.wait(self.pause)
 
     def _writer(self) -> None:
-        from django.test import Client
-
-        client = Client()
+        client = _client()
         n = 0
         while not self._stop.is_set():
             n += 1
@@ -182,3 +169,50 @@ class Load:
                     read.stale = not found["found"]
                 self._record(read)
             self._stop.wait(self.pause)
+
+
+def client() -> Any:
+    """Return a test client that records its own requests' exceptions (see the module docstring)."""
+    return _client()
+
+
+def _client() -> Any:
+    from django.core.signals import got_request_exception
+    from django.test import Client
+
+    got_request_exception.connect(_store_exception, dispatch_uid="tests.load")
+    return Client(raise_request_exception=False)
+
+
+def call(
+    client: Any, kind: str, path: str, params: dict[str, Any] | None = None, t0: float = 0.0
+) -> tuple[Request, Any]:
+    """Make one request as a server would (connections given back after it); return what happened."""
+    from django.db import connections
+
+    started = time.monotonic()
+    request = Request(kind, started - t0, 0.0)
+    data = None
+    _local.exc = None
+    try:
+        response = client.get(path, params or {})
+        exc = _local.exc
+        if exc is not None:
+            request.error, request.message = type(exc).__name__, str(exc).strip()
+            request.traceback = "".join(traceback.format_exception(exc))
+        elif response.status_code != 200:
+            request.error = f"HTTP{response.status_code}"
+            request.message = response.content[:200].decode()
+        else:
+            data = response.json()
+    except Exception as exc:
+        request.error, request.message = type(exc).__name__, str(exc).strip()
+        request.traceback = traceback.format_exc()
+    finally:
+        try:
+            connections.close_all()  # what request_finished does in a real server
+        except Exception as exc:
+            request.error = request.error or type(exc).__name__
+            request.message = request.message or f"closing connections: {exc}"
+        request.seconds = time.monotonic() - started
+    return request, data
