@@ -1,0 +1,179 @@
+"""Primary failover under load, each test on a cluster of its own (promotion cannot be undone).
+
+Django is pointed at the fresh cluster for the test (``configure_django``; tables by ``migrate``) and
+back at the session cluster afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from asgiref.local import Local
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections
+
+from replicarouter import health, pools, request_context, status
+from replicarouter.health import monitor
+from replicarouter.status import exit_code
+from replicarouter.testing import configure_django
+from replicarouter.testing.base import wait_for
+from tests.load import Load
+from tests.testapp.models import Item
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+INTERVAL, TIMEOUT = 0.2, 0.4
+FAST = {"CHECK_INTERVAL": INTERVAL, "CHECK_TIMEOUT": TIMEOUT, "READ_TIMEOUT": 1.0}
+
+
+def _reset_connections() -> None:
+    connections._settings = None
+    connections.__dict__.pop("settings", None)
+    connections._connections = Local(connections.thread_critical)
+
+
+@contextlib.contextmanager
+def django_on(cluster, **extra) -> Iterator[None]:
+    """Point Django at ``cluster`` (tables migrated, monitor running), then back at the session cluster."""
+    saved = settings.DATABASES, settings.REPLICAROUTER
+    threads_before = set(threading.enumerate())
+    monitor.stop()
+    pools.registry.dispose()
+    configure_django(cluster, KEY_PREFIX=f"p{uuid.uuid4().hex[:6]}", **FAST, **extra)
+    call_command("migrate", database="default", run_syncdb=True, verbosity=0)
+    try:
+        monitor.ensure_started()
+        wait_for(
+            "both replicas usable",
+            lambda: health.usable_replicas("default") == {"replica1", "replica2"},
+            timeout=10,
+        )
+        with request_context():
+            Item.objects.create(name="seed")
+        cluster.wait_caught_up()
+        yield
+    finally:
+        monitor.stop()
+        connections.close_all()
+        pools.registry.dispose()
+        settings.DATABASES, settings.REPLICAROUTER = saved
+        _reset_connections()
+    stray = [
+        t.name for t in set(threading.enumerate()) - threads_before if not t.name.startswith("replicarouter-")
+    ]
+    assert not stray, f"threads left behind: {stray}"
+
+
+def _rows(node, ids):
+    return node.scalar("SELECT count(*) FROM testapp_item WHERE id = ANY(%s)", (ids,))
+
+
+def test_replica_promoted_writes_follow_and_nothing_is_lost(replica_cluster_factory, caplog):
+    """Fault: primary stopped, replica1 promoted under load → writes go to replica1 within one check
+    interval of the promotion, and every acknowledged write is on it afterwards."""
+    caplog.set_level(logging.INFO, logger="replicarouter")
+    cluster = replica_cluster_factory(replicas=2)
+    with django_on(cluster):
+        promoted_at = {}
+
+        def fault():
+            cluster.stop(cluster.primary, "fast")
+            cluster.promote("replica1")  # also points replica2 at it
+
+        def after():
+            promoted_at["t"] = time.monotonic()
+
+        report = Load(readers=3, writers=3).run(7.0, fault=fault, fault_at=1.5, after_fault=after)
+        assert not report.hung_threads
+        acknowledged = report.acknowledged_writes()
+        failovers = [m for m in caplog.messages if "writes now go to replica1" in m]
+        assert failovers, caplog.messages[-20:]
+        # writes succeeded on the promoted node within one interval (+ one probe) of the promotion
+        resumed = [r for r in report.of("write") if r.ok and r.started > report.fault_started]
+        assert resumed, report.describe()
+        first_ok = min(r.started + r.seconds for r in resumed)
+        assert first_ok - report.fault_ended < INTERVAL + TIMEOUT + 0.3, (first_ok, report.fault_ended)
+        # failed writes were refused fast and said why
+        failed = report.failed("write")
+        assert all(r.error in ("PrimaryUnavailable", "OperationalError", "InterfaceError") for r in failed)
+        assert all(r.seconds < 2.5 for r in failed)
+        assert not report.failed("read"), report.describe(report.of("read"))
+        assert not report.stale()
+        # nothing acknowledged was lost: every row is on the new primary
+        assert _rows(cluster.node("replica1"), acknowledged) == len(acknowledged)
+        assert health.write_node("default", "default") == "replica1"
+        data = status()
+        assert data["clusters"]["default"]["writes_to"] == "replica1"
+        assert exit_code(data) == 1  # degraded: the configured primary is gone, writes work
+
+
+def test_old_primary_restarted_is_fenced(replica_cluster_factory, caplog):
+    """Fault: the old primary comes back as a second primary (older timeline) under load → fenced: no
+    write reaches it, status critical, and users see no failure."""
+    caplog.set_level(logging.INFO, logger="replicarouter")
+    cluster = replica_cluster_factory(replicas=2)
+    with django_on(cluster):
+        old = cluster.primary
+        cluster.stop(old, "fast")
+        cluster.promote("replica1")
+        wait_for(
+            "writes on replica1", lambda: health.write_node("default", "default") == "replica1", timeout=5
+        )
+        seen = {}
+
+        def fault():
+            cluster.start(old)  # comes up as a primary on timeline 1, with its old data
+            seen["rows"] = old.scalar("SELECT count(*) FROM testapp_item")
+
+        def after():
+            wait_for("old primary fenced", lambda: health.node("default", "default").fenced, timeout=5)
+            data = status()
+            seen["status"], seen["exit"] = data["clusters"]["default"], exit_code(data)
+
+        report = Load(readers=3, writers=3).run(6.0, fault=fault, fault_at=1.0, after_fault=after)
+        assert not report.hung_threads
+        assert not report.failed(), report.describe()
+        assert not report.stale()
+        # no write reached the fenced node
+        assert old.scalar("SELECT count(*) FROM testapp_item") == seen["rows"]
+        acknowledged = report.acknowledged_writes()
+        assert _rows(cluster.node("replica1"), acknowledged) == len(acknowledged)
+        assert seen["exit"] == 2
+        assert seen["status"]["primary"]["fenced"] is True
+        assert seen["status"]["writes_to"] == "replica1"
+        assert any("FENCED" in m and "node default" in m for m in caplog.messages)
+
+
+def test_monitor_promotes_after_promote_after(replica_cluster_factory, caplog):
+    """Fault: primary stopped, nothing promoted, PROMOTE_AFTER = 1 s → the leader promotes the most
+    caught-up replica, points the other at it, and writes resume."""
+    caplog.set_level(logging.INFO, logger="replicarouter")
+    cluster = replica_cluster_factory(replicas=2)
+    with django_on(cluster, PROMOTE_AFTER=1.0):
+        report = Load(readers=2, writers=2).run(
+            7.0, fault=lambda: cluster.stop(cluster.primary, "fast"), fault_at=1.0
+        )
+        assert any("promoting replica" in m for m in caplog.messages), caplog.messages[-20:]
+        writer = health.write_node("default", "default")
+        assert writer in ("replica1", "replica2")
+        other = cluster.node("replica2" if writer == "replica1" else "replica1")
+        new_primary = cluster.node(writer)
+        assert not new_primary.is_in_recovery()
+        wait_for(
+            "the other replica streams from the promoted one",
+            lambda: new_primary.scalar("SELECT count(*) FROM pg_stat_replication") == 1,
+            timeout=10,
+        )
+        assert other.is_in_recovery()
+        resumed = [r for r in report.of("write") if r.ok and r.started > report.fault_ended]
+        assert resumed, report.describe()
+        assert not report.failed("read"), report.describe(report.of("read"))
+        acknowledged = report.acknowledged_writes()
+        assert _rows(new_primary, acknowledged) == len(acknowledged)
