@@ -8,7 +8,8 @@ CLUSTERS; E011 unknown alias; E012 alias in two roles; E013 cluster alias not on
 E014 bad weight; E015 primary listed as its own replica; E016 app label in two clusters; E017 invalid
 REPLICAROUTER value. Wiring: W010 router without the middleware; W011 replicas configured but the
 router not installed; W012 replica alias without TEST MIRROR; W013 our middleware placed before the
-session/authentication middleware it reads.
+session/authentication middleware it reads; W014 PROMOTE_AFTER without REDIS_URL (promotion needs the
+Redis lease that makes one process the cluster's leader, so it would never happen).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ CHECK_IDS = (
     "replicarouter.W011",
     "replicarouter.W012",
     "replicarouter.W013",
+    "replicarouter.W014",
 )
 ROUTER = "replicarouter.router.ReplicaRouter"
 MIDDLEWARE = "replicarouter.middleware.ReplicaRouterMiddleware"
@@ -189,6 +191,16 @@ def topology_messages(
                         id="replicarouter.W013",
                     )
                 )
+    if isinstance(values, dict) and values.get("PROMOTE_AFTER") is not None and not values.get("REDIS_URL"):
+        messages.append(
+            Warning(
+                "REPLICAROUTER['PROMOTE_AFTER'] is set but REDIS_URL is not: no process can hold the "
+                "cluster's lease, so no replica will ever be promoted.",
+                hint="Set REDIS_URL (one leader per cluster is what makes promotion safe between processes), "
+                "or leave PROMOTE_AFTER at None and promote with Patroni/repmgr.",
+                id="replicarouter.W014",
+            )
+        )
     for cluster in built.clusters:
         for alias in cluster.replicas:
             entry = databases.get(alias, {})

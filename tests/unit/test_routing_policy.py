@@ -131,7 +131,9 @@ def test_each_topology_check_fires(databases, clusters, expected):
 @pytest.mark.parametrize(
     "values",
     [{"BALANCE": "fastest"}, {"STICKY": "yes"}, {"STICKY_SCOPE": "device"}, {"FALL": 0},
-     {"CHECK_INTERVAL": "1"}, {"MAX_LAG_BYTES": -1}, {"REDIS_URL": 6379}, {"UNKNOWN": 1}, ["not", "a"]],
+     {"CHECK_INTERVAL": "1"}, {"MAX_LAG_BYTES": -1}, {"REDIS_URL": 6379}, {"UNKNOWN": 1}, ["not", "a"],
+     {"READ_TIMEOUT": 0}, {"READ_TIMEOUT": "2"}, {"PROMOTE_AFTER": -1}, {"RETRY_READS": "yes"},
+     {"CONNECT_TIMEOUT": 1.5}],
 )  # fmt: skip
 def test_invalid_settings_are_e017(values):
     messages = checks.topology_messages(DBS, values, [checks.ROUTER], [checks.MIDDLEWARE])
@@ -147,6 +149,18 @@ def test_wiring_warnings():
     ids = [m.id for m in checks.topology_messages(no_mirror, {}, [checks.ROUTER], [checks.MIDDLEWARE])]
     assert ids == ["replicarouter.W012"]
     assert checks.topology_messages(DBS, {}, [checks.ROUTER], [checks.MIDDLEWARE]) == []
+
+
+def test_promote_after_needs_redis():
+    ids = [
+        m.id
+        for m in checks.topology_messages(DBS, {"PROMOTE_AFTER": 5}, [checks.ROUTER], [checks.MIDDLEWARE])
+    ]
+    assert ids == ["replicarouter.W014"]
+    with_redis = {"PROMOTE_AFTER": 5, "REDIS_URL": "redis://localhost:6379/0"}
+    assert checks.topology_messages(DBS, with_redis, [checks.ROUTER], [checks.MIDDLEWARE]) == []
+    optional_off = {"READ_TIMEOUT": None, "PROMOTE_AFTER": None, "RETRY_READS": False, "CONNECT_TIMEOUT": 3}
+    assert checks.topology_messages(DBS, optional_off, [checks.ROUTER], [checks.MIDDLEWARE]) == []
 
 
 def test_middleware_order_warning():

@@ -1,0 +1,160 @@
+"""Failover decisions without servers: who takes writes, who is fenced, who gets promoted, suspects,
+the read watchdog's cut, and what status says about it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from replicarouter import health
+from replicarouter.health import Snapshot, set_snapshot
+from replicarouter.health.failover import candidate
+from replicarouter.health.state import NodeHealth, elect
+from replicarouter.status import exit_code
+from replicarouter.topology import Cluster
+from replicarouter.watchdog import Watchdog
+
+NONE: frozenset[str] = frozenset()
+
+
+def test_the_configured_primary_writes_while_it_answers():
+    election = elect("default", {"default": 1}, previous=None, known_timeline=0, unreachable=NONE)
+    assert election.active == "default" and election.timeline == 1 and not election.fenced
+
+
+def test_a_failed_probe_is_not_an_outage_but_down_is():
+    kept = elect("default", {}, previous="default", known_timeline=1, unreachable=NONE)
+    assert kept.active == "default"
+    lost = elect("default", {}, previous="default", known_timeline=1, unreachable=frozenset({"default"}))
+    assert lost.active is None and "default is down and no replica has been promoted" in lost.reason
+
+
+def test_a_promoted_replica_on_a_newer_timeline_takes_the_writes_and_the_old_primary_is_fenced():
+    election = elect("default", {"replica1": 2}, previous="default", known_timeline=1, unreachable=NONE)
+    assert election.active == "replica1" and election.timeline == 2
+    both = elect(
+        "default", {"default": 1, "replica1": 2}, previous="replica1", known_timeline=2, unreachable=NONE
+    )
+    assert both.active == "replica1" and both.fenced == {"default"}
+    assert "fenced default" in both.reason
+
+
+def test_an_old_primary_alone_is_fenced_when_a_newer_timeline_was_seen():
+    """Split brain guard: the promoted node is unreachable, the old one answers: nobody takes writes."""
+    election = elect("default", {"default": 1}, previous="replica1", known_timeline=2, unreachable=NONE)
+    assert election.active is None and election.fenced == {"default"}
+    assert "split brain" in election.reason
+
+
+def test_on_a_tie_the_current_writer_keeps_its_place():
+    election = elect(
+        "default", {"default": 3, "replica1": 3}, previous="replica1", known_timeline=3, unreachable=NONE
+    )
+    assert election.active == "replica1" and election.fenced == {"default"}
+    fresh = elect("default", {"default": 3, "replica1": 3}, previous=None, known_timeline=0, unreachable=NONE)
+    assert fresh.active == "default"
+
+
+def _replica(alias, received, position, **kw):
+    return NodeHealth(alias, "replica", role="replica", state="up", checked_at=1.0, received=received,
+                      position=position, **kw)  # fmt: skip
+
+
+def test_the_most_caught_up_answering_replica_is_promoted():
+    cluster = Cluster("default", "default", ("replica1", "replica2"))
+    nodes = {
+        "default": NodeHealth("default", "primary", state="down", failures=5),
+        "replica1": _replica("replica1", 900, 900),
+        "replica2": _replica("replica2", 1000, 800),  # received more, replayed less: still the better one
+    }
+    assert candidate(cluster, nodes) == "replica2"
+    nodes["replica2"] = _replica("replica2", 1000, 800, failures=1)
+    assert candidate(cluster, nodes) == "replica1"
+    nodes["replica1"] = _replica("replica1", 900, 900, fenced=True)
+    assert candidate(cluster, nodes) is None
+
+
+def test_a_suspect_gets_no_reads_until_a_later_probe_finds_it_healthy():
+    health.clear()
+    try:
+        node = NodeHealth("r1", "replica", role="replica", state="up", checked_at=time.time())
+        snap = Snapshot(
+            {"r1": node}, frozenset({"r1"}), {}, {}, time.monotonic(), time.time(), "local", interval=0.1
+        )
+        set_snapshot("unit", snap)
+        health.suspect("unit", "r1")
+        assert health.usable_replicas("unit") == frozenset() and health.is_suspect("unit", "r1")
+        set_snapshot("unit", snap)  # the same (earlier) probe: still suspect
+        assert health.is_suspect("unit", "r1")
+        later = NodeHealth("r1", "replica", role="replica", state="up", checked_at=time.time() + 1)
+        set_snapshot("unit", Snapshot({"r1": later}, frozenset({"r1"}), {}, {}, time.monotonic(), time.time(),
+                                      "local", interval=0.1))  # fmt: skip
+        assert health.usable_replicas("unit") == {"r1"} and not health.is_suspect("unit", "r1")
+    finally:
+        health.clear()
+
+
+def test_write_node_before_any_snapshot_is_the_configured_primary():
+    health.clear()
+    assert health.write_node("nowhere", "default") == "default"
+
+
+def test_watchdog_cuts_a_read_stuck_on_an_unresponsive_node_only():
+    """A socket that never answers stands for a frozen server: the blocked recv() returns end-of-file."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    responsive = {"yes": True}
+    dog = Watchdog(lambda cluster, alias: not responsive["yes"])
+    try:
+        for answers in (True, False):
+            responsive["yes"] = answers
+            client = socket.create_connection(server.getsockname())
+            peer, _ = server.accept()
+            result = {}
+
+            def read(client=client, result=result):
+                with dog.watching(client, "c", "r1", 0.2) as watch:
+                    client.settimeout(1.5)
+                    try:
+                        result["data"] = client.recv(10)
+                    except TimeoutError:
+                        result["data"] = "still waiting"
+                    result["aborted"] = watch.aborted
+
+            thread = threading.Thread(target=read)
+            started = time.monotonic()
+            thread.start()
+            thread.join(5)
+            elapsed = time.monotonic() - started
+            if answers:  # a slow read on a node that answers probes is left alone
+                assert result == {"data": "still waiting", "aborted": False} and elapsed >= 1.4
+            else:
+                assert result == {"data": b"", "aborted": True} and elapsed < 1.0
+            client.close()
+            peer.close()
+        assert dog.aborted == 1
+    finally:
+        dog.stop()
+        server.close()
+    assert not any(t.name == "replicarouter-watchdog" and t.is_alive() for t in threading.enumerate())
+
+
+def _status(primary_state="up", writer="default", fenced=False, replica_state="up"):
+    def node(alias, role, state, **kw):
+        return {"alias": alias, "role": role, "state": state, "promoted": False, "fenced": False, **kw}
+
+    return {"clusters": {"default": {
+        "primary": node("default", "primary", primary_state, fenced=fenced),
+        "replicas": [node("replica1", "replica", replica_state)],
+        "writes_to": writer,
+    }}}  # fmt: skip
+
+
+def test_exit_codes_for_failover_states():
+    assert exit_code(_status()) == 0
+    assert exit_code(_status(replica_state="lagging")) == 1
+    assert exit_code(_status(primary_state="down", writer=None)) == 2  # writes fail
+    assert exit_code(_status(primary_state="down", writer="replica1")) == 1  # failed over: degraded
+    assert exit_code(_status(fenced=True, writer="replica1")) == 2  # split brain
