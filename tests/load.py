@@ -90,7 +90,10 @@ class Report:
 class Load:
     """``readers`` + ``writers`` threads for ``seconds``; ``fault`` runs ``fault_at`` seconds in."""
 
-    def __init__(self, readers: int = 4, writers: int = 2, pause: float = 0.005) -> None:
+    def __init__(
+        self, readers: int = 4, writers: int = 2, pause: float = 0.005, join_timeout: float = 30.0
+    ) -> None:
+        self.join_timeout = join_timeout
         self.readers = readers
         self.writers = writers
         self.pause = pause
@@ -127,8 +130,9 @@ class Load:
             self._stop.wait(max(0.0, seconds - (time.monotonic() - self._t0)))
         finally:
             self._stop.set()
+            deadline = time.monotonic() + self.join_timeout
             for thread in threads:
-                thread.join(30)
+                thread.join(max(0.0, deadline - time.monotonic()))
             report.hung_threads = [t.name for t in threads if t.is_alive()]
             report.duration = time.monotonic() - self._t0
         return report

@@ -126,6 +126,7 @@ class _Target:
 
     def fail(self, error: str) -> None:
         self.phase = "done"
+        error = " ".join(error.split())  # libpq's messages span lines; log lines and status cells must not
         self.result = ProbeResult(self.alias, False, error=error, seconds=time.monotonic() - self.started)
         self.drop()
 
