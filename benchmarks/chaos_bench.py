@@ -217,8 +217,18 @@ def main(seconds: float = 6.0) -> None:
         connections.close_all()
         monitor.stop()
 
-    header = ("fault", "variant", "requests", "failed r/w", "stale", "p99 ms", "slowest ms", "recover s")
-    widths = (38, 17, 8, 10, 5, 8, 10, 9)
+    header = (
+        "fault",
+        "variant",
+        "requests",
+        "failed r/w",
+        "stale",
+        "hung",
+        "p99 ms",
+        "slowest ms",
+        "recover s",
+    )
+    widths = (38, 17, 8, 10, 5, 4, 8, 10, 9)
     print(
         " ".join(
             h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))
@@ -231,6 +241,7 @@ def main(seconds: float = 6.0) -> None:
             str(row["requests"]),
             f"{row['failed_reads']}/{row['failed_writes']}",
             str(row["stale_reads"]),
+            str(len(row["hung_threads"])),
             f"{row['p99_ms_during_fault']:.0f}",
             f"{row['slowest_ms']:.0f}",
             f"{row['recover_s']:.2f}",
@@ -245,8 +256,9 @@ def main(seconds: float = 6.0) -> None:
     for fault in ("replica killed", "replica frozen"):
         on, off = by[(fault, "replicarouter")], by[(fault, "no retry/timeout")]
         print(
-            f"{fault}: failed reads {on['failed_reads']} vs {off['failed_reads']} without retries/timeout; "
-            f"slowest request {on['slowest_ms'] / max(off['slowest_ms'], 1):.2f}x"
+            f"{fault}: failed reads {on['failed_reads']} vs {off['failed_reads']}, hung requests "
+            f"{len(on['hung_threads'])} vs {len(off['hung_threads'])} without retries/timeout; "
+            f"p99 {on['p99_ms_during_fault'] / max(off['p99_ms_during_fault'], 0.1):.2f}x"
         )
     out = ROOT / "benchmarks/results/chaos_bench.json"
     out.write_text(

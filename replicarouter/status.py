@@ -127,19 +127,16 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
 def exit_code(data: dict[str, Any]) -> int:
     """Return 0 (all healthy), 1 (degraded) or 2 (critical), as documented in docs/operations.md.
 
-    Critical: no node takes writes, a second primary is fenced (split brain), or nothing is readable.
-    Degraded: a replica is down, lagging or promoted, or writes go to a promoted replica because the
-    configured primary is gone.
+    Critical: the configured primary is not up (even when writes have moved to a promoted replica:
+    someone must rebuild it or change DATABASES), no node takes writes, a second primary is fenced
+    (split brain), or nothing is readable. Degraded: a replica is down, lagging, unknown or promoted.
     """
     code = EXIT_HEALTHY
     for cluster in data["clusters"].values():
         nodes = [cluster["primary"], *cluster["replicas"]]
         writer = cluster.get("writes_to", cluster["primary"]["alias"])
-        writer_node = next((n for n in nodes if n["alias"] == writer), None)
-        if writer_node is None or writer_node["state"] == "down" or any(n.get("fenced") for n in nodes):
+        if cluster["primary"]["state"] != "up" or writer is None or any(n.get("fenced") for n in nodes):
             return EXIT_CRITICAL
-        if writer_node is not cluster["primary"] or cluster["primary"]["state"] != "up":
-            code = EXIT_DEGRADED
         replicas_up = [r for r in cluster["replicas"] if r["state"] == "up" and not r.get("promoted")]
         if len(replicas_up) < len(cluster["replicas"]):
             code = EXIT_DEGRADED

@@ -16,6 +16,7 @@ a forked child; registering and unregistering a read costs a lock and a dict ope
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -166,3 +167,6 @@ def stop() -> None:
     watchdog = _watchdog
     if watchdog is not None and watchdog.pid == os.getpid():
         watchdog.stop()
+
+
+atexit.register(stop)

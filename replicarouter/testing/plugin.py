@@ -87,6 +87,9 @@ def replica_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterBase]:
         health_monitor = sys.modules.get("replicarouter.health.monitor")
         if health_monitor is not None:
             health_monitor.stop()
+        read_watchdog = sys.modules.get("replicarouter.watchdog")
+        if read_watchdog is not None:
+            read_watchdog.stop()
         instance.down()
 
 

@@ -111,7 +111,7 @@ def test_replica_promoted_writes_follow_and_nothing_is_lost(replica_cluster_fact
         assert health.write_node("default", "default") == "replica1"
         data = status()
         assert data["clusters"]["default"]["writes_to"] == "replica1"
-        assert exit_code(data) == 1  # degraded: the configured primary is gone, writes work
+        assert exit_code(data) == 2  # critical: the configured primary is gone (writes work elsewhere)
 
 
 def test_old_primary_restarted_is_fenced(replica_cluster_factory, caplog):

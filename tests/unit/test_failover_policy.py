@@ -135,10 +135,12 @@ def test_watchdog_cuts_a_read_stuck_on_an_unresponsive_node_only():
             client.close()
             peer.close()
         assert dog.aborted == 1
+        thread = dog._thread
+        assert thread is not None and thread.is_alive()
     finally:
         dog.stop()
         server.close()
-    assert not any(t.name == "replicarouter-watchdog" and t.is_alive() for t in threading.enumerate())
+    assert not thread.is_alive()  # stop() leaves no thread behind
 
 
 def _status(primary_state="up", writer="default", fenced=False, replica_state="up"):
@@ -156,5 +158,5 @@ def test_exit_codes_for_failover_states():
     assert exit_code(_status()) == 0
     assert exit_code(_status(replica_state="lagging")) == 1
     assert exit_code(_status(primary_state="down", writer=None)) == 2  # writes fail
-    assert exit_code(_status(primary_state="down", writer="replica1")) == 1  # failed over: degraded
+    assert exit_code(_status(primary_state="down", writer="replica1")) == 2  # failed over: still critical
     assert exit_code(_status(fenced=True, writer="replica1")) == 2  # split brain

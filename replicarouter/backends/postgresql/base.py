@@ -148,7 +148,11 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
     def _borrow_replica(self, cluster: Cluster, conn_params: dict[str, Any]) -> pools.Borrowed:
         """Borrow a connection to this replica, or to a fallback when it is broken (see module doc)."""
         error: Exception | None = None
-        if not health.is_suspect(cluster.name, self.alias):
+        node = health.node(cluster.name, self.alias)
+        # a node that failed its last probe may be frozen: a new connection to it would wait for
+        # CONNECT_TIMEOUT, so its reads are lent elsewhere until it answers again
+        unanswered = node is not None and node.failures > 0
+        if not unanswered and not health.is_suspect(cluster.name, self.alias):
             try:
                 return self.connection_pool(conn_params).checkout()
             except PoolExhausted:
