@@ -152,6 +152,10 @@ def test_primary_stopped_reads_go_on_writes_fail_fast(replica_cluster, routing, 
     assert after and all(r.error == "PrimaryUnavailable" for r in after), report.describe(after)
     slowest = max(r.seconds for r in after)
     assert slowest < 2.5, f"a failing write took {slowest:.2f} s"
+    # a session whose write no replica has replayed gets the error, never a stale read
+    assert not report.stale()
+    own = [r for r in report.failed("own-read") if r.started > report.fault_ended + 0.05]
+    assert all(r.error == "PrimaryUnavailable" for r in own), report.describe(own)
     assert seen["status"]["writes_to"] is None and seen["exit"] == 2
     assert "default is down" in seen["status"]["writer_reason"]
     assert any("writes now go to None" in m for m in caplog.messages)
