@@ -47,6 +47,6 @@ def pool_stats(alias: str | None = None) -> dict[str, dict[str, Any]]:
 
 def status(cluster: str | None = None) -> dict[str, Any]:
     """Return what ``manage.py replicastatus --json`` prints: every node's role, state, lag and pool use."""
-    from .status import status as _status
+    from .report import status as _status
 
     return _status(cluster)

@@ -19,7 +19,7 @@ from django.test import override_settings
 
 from replicarouter import PoolExhausted, PrimaryUnavailable, health, pools, request_context, status
 from replicarouter.health import monitor
-from replicarouter.status import exit_code
+from replicarouter.report import exit_code
 from replicarouter.testing.base import wait_for
 from tests.load import Load, call, client
 from tests.testapp.models import Item

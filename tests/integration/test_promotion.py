@@ -21,7 +21,7 @@ from django.db import connections
 
 from replicarouter import health, pools, request_context, status
 from replicarouter.health import monitor
-from replicarouter.status import exit_code
+from replicarouter.report import exit_code
 from replicarouter.testing import configure_django
 from replicarouter.testing.base import wait_for
 from tests.load import Load

@@ -11,7 +11,7 @@ from replicarouter import health
 from replicarouter.health import Snapshot, set_snapshot
 from replicarouter.health.failover import candidate
 from replicarouter.health.state import NodeHealth, elect
-from replicarouter.status import exit_code
+from replicarouter.report import exit_code
 from replicarouter.topology import Cluster
 from replicarouter.watchdog import Watchdog
 
@@ -160,3 +160,15 @@ def test_exit_codes_for_failover_states():
     assert exit_code(_status(primary_state="down", writer=None)) == 2  # writes fail
     assert exit_code(_status(primary_state="down", writer="replica1")) == 2  # failed over: still critical
     assert exit_code(_status(fenced=True, writer="replica1")) == 2  # split brain
+
+
+def test_status_stays_a_function_after_every_submodule_is_imported():
+    import importlib
+    import pkgutil
+
+    import replicarouter
+
+    for module in pkgutil.walk_packages(replicarouter.__path__, "replicarouter."):
+        if ".testing" not in module.name and "docker" not in module.name:
+            importlib.import_module(module.name)
+    assert callable(replicarouter.status) and replicarouter.status.__module__ == "replicarouter"

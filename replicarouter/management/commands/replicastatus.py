@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from ...exceptions import ReplicaRouterError
-from ...status import EXIT_CRITICAL, EXIT_DEGRADED, exit_code, status
+from ...report import EXIT_CRITICAL, EXIT_DEGRADED, exit_code, status
 
 VERDICT = {0: "healthy", EXIT_DEGRADED: "DEGRADED", EXIT_CRITICAL: "CRITICAL"}
 

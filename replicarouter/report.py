@@ -1,5 +1,8 @@
 """``replicarouter.status()``: what ``replicastatus`` shows, as data.
 
+(The module is not called ``status``: importing a submodule of that name would replace the
+``replicarouter.status`` function with the module.)
+
 Where the numbers come from, freshest first: this process's monitor (if it runs here and is current),
 the snapshot the cluster's leader published in Redis, or, for a fresh process with neither (a
 ``manage.py replicastatus`` on a box without Redis), one direct probe of every node, judged on that
