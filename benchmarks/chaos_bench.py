@@ -27,39 +27,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from replicarouter.testing import LocalCluster, django_settings  # noqa: E402
+from benchmarks.common import configure_test_app  # noqa: E402
+from replicarouter.testing import LocalCluster  # noqa: E402
 
 HEALTH = {"CHECK_INTERVAL": 0.25, "CHECK_TIMEOUT": 0.5, "READ_TIMEOUT": 1.0}
 OFF = {"RETRY_READS": False, "READ_TIMEOUT": None}
 
 
 def configure(cluster) -> None:
-    values = django_settings(cluster, **HEALTH)
-    settings.configure(
-        SECRET_KEY="chaos-bench",
-        INSTALLED_APPS=[
-            "django.contrib.contenttypes",
-            "django.contrib.sessions",
-            "replicarouter",
-            "tests.testapp",
-        ],
-        MIDDLEWARE=[
-            "django.contrib.sessions.middleware.SessionMiddleware",
-            "replicarouter.middleware.ReplicaRouterMiddleware",
-        ],
-        SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
-        DATABASE_ROUTERS=["replicarouter.router.ReplicaRouter"],
-        ROOT_URLCONF="tests.urls",
-        ALLOWED_HOSTS=["*"],
-        USE_TZ=True,
-        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
-        LOGGING_CONFIG=None,
-        **values,
-    )
-    django.setup()
+    configure_test_app(cluster, "chaos-bench", quiet_logging=True, **HEALTH)
 
 
 def summarise(name: str, variant: str, report, recover_from: float | None = None) -> dict:

@@ -20,38 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from replicarouter.testing import LocalCluster, django_settings  # noqa: E402
+from benchmarks.common import configure_test_app  # noqa: E402
+from replicarouter.testing import LocalCluster  # noqa: E402
 
 SESSIONS = 20
 WRITE_SHARE = 0.05
 
 
 def configure(cluster) -> None:
-    values = django_settings(cluster, CHECK_INTERVAL=0.2, CHECK_TIMEOUT=0.4)
-    settings.configure(
-        SECRET_KEY="sticky-bench",
-        INSTALLED_APPS=[
-            "django.contrib.contenttypes",
-            "django.contrib.sessions",
-            "replicarouter",
-            "tests.testapp",
-        ],
-        MIDDLEWARE=[
-            "django.contrib.sessions.middleware.SessionMiddleware",
-            "replicarouter.middleware.ReplicaRouterMiddleware",
-        ],
-        SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
-        DATABASE_ROUTERS=["replicarouter.router.ReplicaRouter"],
-        ROOT_URLCONF="tests.urls",
-        ALLOWED_HOSTS=["*"],
-        USE_TZ=True,
-        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
-        **values,
-    )
-    django.setup()
+    configure_test_app(cluster, "sticky-bench", CHECK_INTERVAL=0.2, CHECK_TIMEOUT=0.4)
 
 
 def run_mode(cluster, mode: str, extra: dict, seconds: float) -> dict:

@@ -21,6 +21,7 @@ from replicarouter import PoolExhausted, PrimaryUnavailable, health, pools, requ
 from replicarouter.health import monitor
 from replicarouter.report import exit_code
 from replicarouter.testing.base import wait_for
+from tests.helpers import ready_for_routing
 from tests.load import Load, call, client
 from tests.testapp.models import Item
 
@@ -49,15 +50,7 @@ def routing(replica_cluster, caplog):
     values = replica_cluster.replicarouter_settings(KEY_PREFIX=f"f{uuid.uuid4().hex[:6]}", **FAST)
     monitor.stop()
     with override_settings(REPLICAROUTER=values):
-        monitor.ensure_started()
-        wait_for(
-            "both replicas usable",
-            lambda: health.usable_replicas("default") == {"replica1", "replica2"},
-            timeout=10,
-        )
-        with request_context():
-            Item.objects.create(name="seed")
-        replica_cluster.wait_caught_up()
+        ready_for_routing(replica_cluster)
         yield values
         replica_cluster.heal()
         monitor.stop()

@@ -19,13 +19,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
 
-from replicarouter import health, pools, request_context, status
+from replicarouter import health, pools, status
 from replicarouter.health import monitor
 from replicarouter.report import exit_code
 from replicarouter.testing import configure_django
 from replicarouter.testing.base import wait_for
+from tests.helpers import ready_for_routing
 from tests.load import Load
-from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -49,15 +49,7 @@ def django_on(cluster, **extra) -> Iterator[None]:
     configure_django(cluster, KEY_PREFIX=f"p{uuid.uuid4().hex[:6]}", **FAST, **extra)
     call_command("migrate", database="default", run_syncdb=True, verbosity=0)
     try:
-        monitor.ensure_started()
-        wait_for(
-            "both replicas usable",
-            lambda: health.usable_replicas("default") == {"replica1", "replica2"},
-            timeout=10,
-        )
-        with request_context():
-            Item.objects.create(name="seed")
-        cluster.wait_caught_up()
+        ready_for_routing(cluster)
         yield
     finally:
         monitor.stop()

@@ -12,6 +12,7 @@ from django.test import Client, override_settings
 from replicarouter import capture_position, health, read_after, request_context, sticky, stickystore
 from replicarouter.health import monitor
 from replicarouter.testing.base import wait_for
+from tests.helpers import ready_for_routing
 from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -25,15 +26,7 @@ def routing(replica_cluster):
     base = replica_cluster.replicarouter_settings(KEY_PREFIX=f"s{uuid.uuid4().hex[:6]}", **FAST)
     monitor.stop()
     with override_settings(REPLICAROUTER=base):
-        monitor.ensure_started()
-        wait_for(
-            "both replicas usable",
-            lambda: health.usable_replicas("default") == {"replica1", "replica2"},
-            timeout=10,
-        )
-        with request_context():
-            Item.objects.create(name="seed")
-        replica_cluster.wait_caught_up()
+        ready_for_routing(replica_cluster)
         yield base
         monitor.stop()
 
