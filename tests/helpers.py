@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -21,3 +25,25 @@ def ready_for_routing(cluster: Any) -> None:
     with request_context():
         Item.objects.create(name="seed")
     cluster.wait_caught_up()
+
+
+@contextlib.contextmanager
+def routed(cluster: Any, **replicarouter: Any) -> Iterator[dict[str, Any]]:
+    """Route through ``cluster`` with these settings (a private key prefix) and a fresh monitor."""
+    from django.test import override_settings
+
+    from replicarouter.health import monitor
+
+    values = cluster.replicarouter_settings(KEY_PREFIX=f"t{uuid.uuid4().hex[:6]}", **replicarouter)
+    monitor.stop()
+    with override_settings(REPLICAROUTER=values):
+        try:
+            ready_for_routing(cluster)
+            yield values
+        finally:
+            monitor.stop()
+
+
+def stray_threads(before: set[threading.Thread]) -> list[str]:
+    """Return the threads started since ``before`` that still run (replicarouter's own daemons aside)."""
+    return [t.name for t in set(threading.enumerate()) - before if not t.name.startswith("replicarouter-")]

@@ -48,13 +48,19 @@ def configure_django(cluster: ClusterBase, **kwargs: Any) -> dict[str, Any]:
     connections.close_all()
     settings.DATABASES = values["DATABASES"]
     settings.REPLICAROUTER = values["REPLICAROUTER"]
-    # ConnectionHandler caches the DATABASES it read first (a cached_property): make it read them again
+    reload_databases()
+    return values
+
+
+def reload_databases() -> None:
+    """Make ``django.db.connections`` read ``settings.DATABASES`` again (after it was replaced)."""
+    from asgiref.local import Local
+    from django.db import connections
+
+    # ConnectionHandler caches the DATABASES it read first (a cached_property)
     connections._settings = None
     connections.__dict__.pop("settings", None)
-    from asgiref.local import Local
-
     connections._connections = Local(connections.thread_critical)
-    return values
 
 
 def docker_available(timeout: float = 3.0) -> bool:

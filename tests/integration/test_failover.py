@@ -18,10 +18,9 @@ from django.db import connections
 from django.test import override_settings
 
 from replicarouter import PoolExhausted, PrimaryUnavailable, health, pools, request_context, status
-from replicarouter.health import monitor
 from replicarouter.report import exit_code
 from replicarouter.testing.base import wait_for
-from tests.helpers import ready_for_routing
+from tests.helpers import routed, stray_threads
 from tests.load import Load, call, client
 from tests.testapp.models import Item
 
@@ -47,17 +46,11 @@ def routing(replica_cluster, caplog):
     """Fast health settings, a private key prefix, both replicas usable; afterwards check for leaks."""
     caplog.set_level(logging.INFO, logger="replicarouter")
     threads_before = set(threading.enumerate())
-    values = replica_cluster.replicarouter_settings(KEY_PREFIX=f"f{uuid.uuid4().hex[:6]}", **FAST)
-    monitor.stop()
-    with override_settings(REPLICAROUTER=values):
-        ready_for_routing(replica_cluster)
+    with routed(replica_cluster, **FAST) as values:
         yield values
         replica_cluster.heal()
-        monitor.stop()
     # nothing leaked: every thread gone, every server connection back in a pool
-    stray = [
-        t.name for t in set(threading.enumerate()) - threads_before if not t.name.startswith("replicarouter-")
-    ]
+    stray = stray_threads(threads_before)
     assert not stray, f"threads left behind: {stray}"
     connections.close_all()
     pools.registry.dispose()

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from asgiref.local import Local
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
@@ -24,19 +23,14 @@ from replicarouter.health import monitor
 from replicarouter.report import exit_code
 from replicarouter.testing import configure_django
 from replicarouter.testing.base import wait_for
-from tests.helpers import ready_for_routing
+from replicarouter.testing.settings import reload_databases
+from tests.helpers import ready_for_routing, stray_threads
 from tests.load import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 INTERVAL, TIMEOUT = 0.2, 0.4
 FAST = {"CHECK_INTERVAL": INTERVAL, "CHECK_TIMEOUT": TIMEOUT, "READ_TIMEOUT": 1.0}
-
-
-def _reset_connections() -> None:
-    connections._settings = None
-    connections.__dict__.pop("settings", None)
-    connections._connections = Local(connections.thread_critical)
 
 
 @contextlib.contextmanager
@@ -56,10 +50,8 @@ def django_on(cluster, **extra) -> Iterator[None]:
         connections.close_all()
         pools.registry.dispose()
         settings.DATABASES, settings.REPLICAROUTER = saved
-        _reset_connections()
-    stray = [
-        t.name for t in set(threading.enumerate()) - threads_before if not t.name.startswith("replicarouter-")
-    ]
+        reload_databases()
+    stray = stray_threads(threads_before)
     assert not stray, f"threads left behind: {stray}"
 
 

@@ -10,9 +10,8 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from replicarouter import capture_position, health, read_after, request_context, sticky, stickystore
-from replicarouter.health import monitor
 from replicarouter.testing.base import wait_for
-from tests.helpers import ready_for_routing
+from tests.helpers import routed
 from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -23,12 +22,8 @@ FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.4}
 @pytest.fixture
 def routing(replica_cluster):
     """Fast health settings with a private key prefix (yielded, to derive variants from)."""
-    base = replica_cluster.replicarouter_settings(KEY_PREFIX=f"s{uuid.uuid4().hex[:6]}", **FAST)
-    monitor.stop()
-    with override_settings(REPLICAROUTER=base):
-        ready_for_routing(replica_cluster)
+    with routed(replica_cluster, **FAST) as base:
         yield base
-        monitor.stop()
 
 
 def _roles(replica_cluster):

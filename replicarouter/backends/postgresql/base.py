@@ -126,13 +126,19 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         self._borrowed_pid = os.getpid()
         return borrowed.connection
 
-    def _borrow_primary(self, cluster: Cluster, conn_params: dict[str, Any]) -> pools.Borrowed:
-        """Borrow a connection to the node that takes the cluster's writes now."""
+    def _borrow_primary(
+        self, cluster: Cluster, conn_params: dict[str, Any], *, context: str = ""
+    ) -> pools.Borrowed:
+        """Borrow a connection to the node that takes the cluster's writes now.
+
+        ``context`` prefixes the reason of the ``PrimaryUnavailable`` raised when there is none.
+        """
         writer = health.write_node(cluster.name, self.alias)
         if writer is None:
             counters["primary_unavailable"] += 1
             snapshot = health.snapshot(cluster.name)
-            raise PrimaryUnavailable(cluster.name, self.alias, snapshot.reason if snapshot else "unknown")
+            reason = snapshot.reason if snapshot else "unknown"
+            raise PrimaryUnavailable(cluster.name, self.alias, context + reason)
         params = conn_params if writer == self.alias else _connection_params(writer)
         try:
             return self.connection_pool(params).checkout()
@@ -140,9 +146,8 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
             raise
         except psycopg2.OperationalError as exc:
             counters["primary_unavailable"] += 1
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PrimaryUnavailable(
-                cluster.name, self.alias, f"cannot connect to {writer}: {detail}"
+                cluster.name, self.alias, f"{context}cannot connect to {writer}: {_first_line(exc)}"
             ) from exc
 
     def _borrow_replica(self, cluster: Cluster, conn_params: dict[str, Any]) -> pools.Borrowed:
@@ -185,16 +190,15 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
                     raise
                 attempts += 1
                 server = _server(conn)
-                health.suspect(cluster.name, self.alias)
-                for alias, borrowed_server in _aliases_on(cluster, server):
-                    if borrowed_server:
-                        health.suspect(cluster.name, alias)
+                # the broken connection may have been lent by another replica alias: suspect its owner too
+                for alias in (self.alias, *_replicas_on(cluster, server)):
+                    health.suspect(cluster.name, alias)
                 counters["read_retries"] += 1
                 logger.warning(
                     "read on %s (%s) failed: %s; retrying it elsewhere (attempt %d)",
                     self.alias,
                     server,
-                    "no answer within READ_TIMEOUT" if cut else str(exc).strip().splitlines()[0],
+                    "no answer within READ_TIMEOUT" if cut else _first_line(exc),
                     attempts,
                     extra={"replicarouter_node": self.alias, "replicarouter_event": "read_retry"},
                 )
@@ -341,15 +345,12 @@ def _server(conn: Any) -> str:
         return "?"
 
 
-def _aliases_on(cluster: Cluster, server: str) -> list[tuple[str, bool]]:
-    """Return the cluster's replica aliases, each with whether it points at ``server`` (host:port)."""
+def _replicas_on(cluster: Cluster, server: str) -> list[str]:
+    """Return the cluster's replica aliases that point at ``server`` (host:port)."""
     from django.conf import settings as django_settings
 
-    out = []
-    for alias in cluster.replicas:
-        entry = django_settings.DATABASES.get(alias, {})
-        out.append((alias, f"{entry.get('HOST')}:{entry.get('PORT')}" == server))
-    return out
+    entries = {alias: django_settings.DATABASES.get(alias, {}) for alias in cluster.replicas}
+    return [a for a, entry in entries.items() if f"{entry.get('HOST')}:{entry.get('PORT')}" == server]
 
 
 def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Borrowed:
@@ -374,13 +375,11 @@ def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Bo
         )  # fmt: skip
         return borrowed
     primary: DatabaseWrapper = connections[cluster.primary]
-    writer = health.write_node(cluster.name, cluster.primary)
-    if writer is None:
-        raise PrimaryUnavailable(
-            cluster.name, alias, "no replica could serve the read either: " + "; ".join(failures)
-        )
-    params = primary.get_connection_params() if writer == cluster.primary else _connection_params(writer)
-    borrowed = primary.connection_pool(params).checkout()
+    borrowed = primary._borrow_primary(
+        cluster,
+        primary.get_connection_params(),
+        context="no replica could serve the read either (" + "; ".join(failures) + "); ",
+    )
     conn = borrowed.connection
     try:
         # reads of a replica alias must not write, on whatever node they land
@@ -395,7 +394,7 @@ def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Bo
     counters["read_fallbacks"] += 1
     logger.warning(
         "replicas unavailable (%s): reads of %s go to the primary (%s)",
-        "; ".join(failures), alias, writer,
+        "; ".join(failures), alias, _server(conn),
         extra={"replicarouter_node": alias, "replicarouter_event": "read_fallback"},
     )  # fmt: skip
     return borrowed
