@@ -213,6 +213,7 @@ class Monitor:
         self._elections: dict[str, Election] = {}
         #: when each cluster was first seen without a writer (for PROMOTE_AFTER)
         self._writer_lost: dict[str, float] = {}
+        self._promotions: dict[str, threading.Thread] = {}
         self._redis: Any = None
         self._redis_url: str | None = None
         self._redis_ok: bool | None = None
@@ -237,6 +238,8 @@ class Monitor:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        for promotion in self._promotions.values():
+            promotion.join(timeout)
         for probe in self._probes.values():
             probe.close()
         self._release_leases()
@@ -318,21 +321,32 @@ class Monitor:
     def _maybe_promote(
         self, cluster: Cluster, nodes: dict[str, NodeHealth], election: Election, databases: dict[str, Any]
     ) -> Election:
-        """As the cluster's leader, promote a replica when PROMOTE_AFTER allows it (see failover.py)."""
+        """As the cluster's leader, start promoting a replica when PROMOTE_AFTER allows it (failover.py).
+
+        The promotion runs in a thread of its own (``replicarouter-promote``): it waits for
+        ``pg_promote()`` and re-points replicas, and the rounds must go on meanwhile, or the snapshot
+        would go stale and every read fall back to the (dead) primary.
+        """
         after = settings.PROMOTE_AFTER
         if after is None or election.active is not None:
             self._writer_lost.pop(cluster.name, None)
             return election
         lost = self._writer_lost.setdefault(cluster.name, time.monotonic())
-        if time.monotonic() - lost < after:
+        running = self._promotions.get(cluster.name)
+        if time.monotonic() - lost < after or (running is not None and running.is_alive()):
             return election
         from . import failover
 
-        promoted = failover.promote(cluster, nodes, databases, waited=time.monotonic() - lost)
-        if promoted is None:
-            return election
-        self._writer_lost.pop(cluster.name, None)
-        return replace(election, reason=f"promoting {promoted}: {election.reason}")
+        thread = threading.Thread(
+            target=failover.promote,
+            args=(cluster, dict(nodes), databases),
+            kwargs={"waited": time.monotonic() - lost},
+            name="replicarouter-promote",
+            daemon=True,
+        )
+        self._promotions[cluster.name] = thread
+        thread.start()
+        return replace(election, reason=f"promotion started: {election.reason}")
 
     def _apply(
         self,
