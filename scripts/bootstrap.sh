@@ -90,6 +90,22 @@ ensure_venv() {
     fi
 }
 
+# ensure_tools PIP-REQUIREMENT...: a separate venv (.venv-tools) for build-time tools (docs site, wheel
+# build, compose validation) so they never share an environment with the package under test
+ensure_tools() {
+    local tools="$ROOT/.venv-tools" python stamp want
+    python="$(find_python)" || { log "no Python >= 3.11 with venv found"; exit 1; }
+    [ -x "$tools/bin/python" ] || "$python" -m venv "$tools"
+    want="$(printf '%s\n' "$@" | sort | tr '\n' ' ')"
+    stamp="$tools/.installed"
+    if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
+        log "installing tools into $tools: $*"
+        "$tools/bin/python" -m pip install -q "$@"
+        echo "$want" >> "$stamp"
+    fi
+    TOOLS="$tools"
+}
+
 bootstrap() {
     ensure_system_packages
     ensure_venv
