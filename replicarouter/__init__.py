@@ -11,7 +11,7 @@ from .context import request_context, use_primary, use_replica
 from .exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable, ReplicaRouterError
 from .stickystore import capture_position, read_after
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",

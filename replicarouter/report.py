@@ -15,7 +15,7 @@ import datetime
 import time
 from typing import Any
 
-from . import health, pools
+from . import health, pools, stats
 from .conf import settings, topology
 from .health.monitor import fetch_snapshot, initial_nodes, judge, running
 from .health.probe import Prober, connection_params
@@ -70,9 +70,7 @@ def status(cluster: str | None = None) -> dict[str, Any]:
         redis_client = redis.Redis.from_url(
             settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-    from .stickystore import counters
-
-    out: dict[str, Any] = {"clusters": {}, "sticky": dict(counters)}
+    out: dict[str, Any] = {"clusters": {}, "sticky": _sticky_counters(cluster)}
     try:
         for spec in topology().clusters:
             if cluster is not None and spec.name != cluster:
@@ -82,6 +80,17 @@ def status(cluster: str | None = None) -> dict[str, Any]:
         if redis_client is not None:
             redis_client.close()
     return out
+
+
+def _sticky_counters(cluster: str | None) -> dict[str, int]:
+    """Return this process's read-your-writes counters (see ``stats.COUNTERS``)."""
+    match = {} if cluster is None else {"cluster": cluster}
+    return {
+        "sticky_reads": stats.total("sticky_decisions", **match),
+        "sticky_primary_reads": stats.total("sticky_decisions", decision="primary", **match),
+        "releases": stats.total("sticky_releases", **match),
+        "redis_errors": stats.total("sticky_store_errors"),
+    }
 
 
 def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> dict[str, Any]:

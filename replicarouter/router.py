@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import context, health, selection, sticky, stickystore
+from . import context, health, selection, stats, sticky
 from .conf import routing, topology
 from .health import monitor
 from .topology import Cluster
@@ -30,12 +30,17 @@ class ReplicaRouter:
         cluster = topo.by_app.get(model._meta.app_label, topo.default)
         if cluster is None:
             return None
-        return choose_read_alias(cluster, balance)
+        alias = choose_read_alias(cluster, balance)
+        stats.incr("reads_routed", cluster.name, alias)
+        return alias
 
     def db_for_write(self, model: Any, **hints: Any) -> str | None:
         """Return the primary of the model's cluster."""
         cluster = _cluster(model)
-        return None if cluster is None else cluster.primary
+        if cluster is None:
+            return None
+        stats.incr("writes_routed", cluster.name, cluster.primary)
+        return cluster.primary
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
         """Allow relations between objects of one cluster; refuse across clusters; else no opinion."""
@@ -64,15 +69,13 @@ def _sticky_candidates(cluster: Cluster, state: sticky.StickyState, usable: froz
     required = state.required(cluster.name)
     if required is None:
         return usable
-    stickystore.counters["sticky_reads"] += 1
     if state.mode == "time":
         eligible: frozenset[str] = frozenset()
     else:
         eligible = sticky.caught_up(usable, health.positions(cluster.name), required)
         if eligible and eligible == usable:
             state.release.add(cluster.name)  # every replica has it: the position can go
-    if not eligible:
-        stickystore.counters["sticky_primary_reads"] += 1
+    stats.incr("sticky_decisions", cluster.name, "replica" if eligible else "primary")
     return eligible
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from . import context, health, sticky
+from . import context, health, stats, sticky
 from .conf import settings, topology
 from .health.probe import lsn_to_int
 
@@ -38,7 +38,6 @@ return 0
 """
 
 #: sticky decisions in this process: reads checked against a position, sent to the primary, releases
-counters = {"sticky_reads": 0, "sticky_primary_reads": 0, "releases": 0, "redis_errors": 0}
 
 _client: Any = None
 _client_key: tuple[int, str] | None = None
@@ -72,7 +71,7 @@ def load(identity: str, clusters: list[str]) -> dict[str, int]:
     try:
         values = redis_client.mget([_key(c, identity) for c in clusters])
     except Exception as exc:
-        counters["redis_errors"] += 1
+        stats.incr("sticky_store_errors")
         logger.warning("sticky positions unavailable (redis: %s): relying on the signed cookie", exc)
         return {}
     return {c: int(v) for c, v in zip(clusters, values, strict=True) if v is not None}
@@ -87,7 +86,7 @@ def advance(identity: str, cluster: str, position: int) -> bool:
     try:
         redis_client.eval(_ADVANCE, 1, _key(cluster, identity), position, ttl)
     except Exception as exc:
-        counters["redis_errors"] += 1
+        stats.incr("sticky_store_errors")
         logger.warning("could not store a sticky position (redis: %s): the signed cookie carries it", exc)
         return False
     return True
@@ -100,9 +99,9 @@ def release(identity: str, cluster: str, position: int) -> None:
         return
     try:
         if redis_client.eval(_RELEASE, 1, _key(cluster, identity), position):
-            counters["releases"] += 1
+            stats.incr("sticky_releases", cluster)
     except Exception:
-        counters["redis_errors"] += 1
+        stats.incr("sticky_store_errors")
 
 
 def primary_position(alias: str) -> int:

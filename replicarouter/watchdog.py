@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import stats
+
 logger = logging.getLogger("replicarouter.watchdog")
 
 #: how often the thread looks at reads in flight (a bound on how late past READ_TIMEOUT a cut comes)
@@ -103,6 +105,7 @@ class Watchdog:
                 watch.aborted = True
                 _cut(watch.fd)
             self.aborted += 1
+            stats.incr("reads_aborted", watch.alias)
             logger.warning(
                 "read on %s got no answer within READ_TIMEOUT and the node does not answer probes: "
                 "connection cut, the read is retried elsewhere",

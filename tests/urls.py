@@ -1,5 +1,6 @@
 from django.urls import path
 
+from replicarouter.metrics import metrics_view
 from tests.testapp import views
 
 urlpatterns = [
@@ -10,4 +11,5 @@ urlpatterns = [
     path("load/read/", views.load_read),
     path("load/transaction/", views.load_transaction),
     path("load/hold/", views.load_hold),
+    path("metrics", metrics_view),
 ]

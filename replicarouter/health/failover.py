@@ -21,6 +21,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from .. import stats
 from ..topology import Cluster
 from .probe import connection_params
 from .state import NodeHealth
@@ -108,6 +109,7 @@ def promote(
             logger.error("cluster %s: could not point %s at %s: %s", cluster.name, other, alias, exc)
         else:
             logger.warning("cluster %s: %s now streams from %s", cluster.name, other, alias)
+    stats.incr("promotions", cluster.name)
     return alias
 
 

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import asdict, replace
 from typing import Any
 
-from .. import pools
+from .. import pools, stats
 from ..conf import settings, topology
 from ..topology import Cluster
 from . import Snapshot, clear, set_snapshot, snapshot
@@ -214,6 +214,8 @@ class Monitor:
         #: when each cluster was first seen without a writer (for PROMOTE_AFTER)
         self._writer_lost: dict[str, float] = {}
         self._promotions: dict[str, threading.Thread] = {}
+        #: the last node seen taking each cluster's writes (a failover is counted when another one does)
+        self._last_writer: dict[str, str] = {}
         self._redis: Any = None
         self._redis_url: str | None = None
         self._redis_ok: bool | None = None
@@ -368,6 +370,11 @@ class Monitor:
                 pools.registry.dispose(cluster.primary)
             for alias in election.fenced - {a for a, n in previous.nodes.items() if n.fenced}:
                 pools.registry.dispose(alias)
+        last = self._last_writer.get(cluster.name)
+        if election.active is not None:
+            if last is not None and election.active != last:
+                stats.incr("failovers", cluster.name)
+            self._last_writer[cluster.name] = election.active
         lag = {a: n.lag_seconds for a, n in nodes.items() if n.lag_seconds is not None}
         set_snapshot(
             cluster.name,

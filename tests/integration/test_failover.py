@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connections
 from django.test import override_settings
 
-from replicarouter import PoolExhausted, PrimaryUnavailable, health, pools, request_context, status
+from replicarouter import PoolExhausted, PrimaryUnavailable, health, pools, request_context, stats, status
 from replicarouter.report import exit_code
 from replicarouter.testing.base import wait_for
 from tests.helpers import routed, stray_threads
@@ -120,6 +120,7 @@ def test_replay_paused_no_stale_read_for_sticky_sessions(replica_cluster, routin
 def test_primary_stopped_reads_go_on_writes_fail_fast(replica_cluster, routing, caplog):
     """Fault: primary stopped → reads keep succeeding; writes fail fast with PrimaryUnavailable; critical."""
     seen = {}
+    refused = stats.total("primary_unavailable", cluster="default")
 
     def after_fault():
         wait_for("primary down", lambda: health.write_node("default", "default") is None, timeout=5)
@@ -145,6 +146,9 @@ def test_primary_stopped_reads_go_on_writes_fail_fast(replica_cluster, routing, 
     assert seen["status"]["writes_to"] is None and seen["exit"] == 2
     assert "default is down" in seen["status"]["writer_reason"]
     assert any("writes now go to None" in m for m in caplog.messages)
+    # every refused write and own-read is counted for the metrics
+    counted = stats.total("primary_unavailable", cluster="default") - refused
+    assert counted >= len(after) + len(own)
     connections.close_all()  # a new request: no connection held from before the fault
     with (
         pytest.raises(PrimaryUnavailable, match="cluster 'default' has no primary available"),

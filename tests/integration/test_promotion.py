@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
 
-from replicarouter import health, pools, status
+from replicarouter import health, pools, stats, status
 from replicarouter.health import monitor
 from replicarouter.report import exit_code
 from replicarouter.testing import configure_django
@@ -64,6 +64,7 @@ def test_replica_promoted_writes_follow_and_nothing_is_lost(replica_cluster_fact
     interval of the promotion, and every acknowledged write is on it afterwards."""
     caplog.set_level(logging.INFO, logger="replicarouter")
     cluster = replica_cluster_factory(replicas=2)
+    counted = stats.total("failovers", cluster="default")
     with django_on(cluster):
         promoted_at = {}
 
@@ -95,6 +96,7 @@ def test_replica_promoted_writes_follow_and_nothing_is_lost(replica_cluster_fact
         assert health.write_node("default", "default") == "replica1"
         data = status()
         assert data["clusters"]["default"]["writes_to"] == "replica1"
+        assert stats.total("failovers", cluster="default") == counted + 1  # replicarouter_failovers_total
         assert exit_code(data) == 2  # critical: the configured primary is gone (writes work elsewhere)
 
 
@@ -140,6 +142,7 @@ def test_monitor_promotes_after_promote_after(replica_cluster_factory, caplog):
     caught-up replica, points the other at it, and writes resume."""
     caplog.set_level(logging.INFO, logger="replicarouter")
     cluster = replica_cluster_factory(replicas=2)
+    promotions = stats.total("promotions", cluster="default")
     with django_on(cluster, PROMOTE_AFTER=1.0):
         report = Load(readers=2, writers=2).run(
             7.0, fault=lambda: cluster.stop(cluster.primary, "fast"), fault_at=1.0
@@ -159,6 +162,7 @@ def test_monitor_promotes_after_promote_after(replica_cluster_factory, caplog):
             timeout=10,
         )
         assert other.is_in_recovery()
+        assert stats.total("promotions", cluster="default") == promotions + 1
         resumed = [r for r in report.of("write") if r.ok and r.started > report.fault_ended]
         assert resumed, report.describe()
         assert not report.failed("read"), report.describe(report.of("read"))

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg2
 from django.db.backends.postgresql import base as django_base
 
-from ... import context, health, pools, statements, watchdog
+from ... import context, health, pools, statements, stats, watchdog
 from ...conf import settings, topology
 from ...exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable
 from ...topology import Cluster
@@ -40,7 +40,6 @@ from .creation import DatabaseCreation
 logger = logging.getLogger("replicarouter.failover")
 
 #: retries and fallbacks in this process (status and metrics read them)
-counters = {"read_retries": 0, "read_fallbacks": 0, "primary_unavailable": 0}
 
 
 class PooledDriver:
@@ -135,7 +134,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         """
         writer = health.write_node(cluster.name, self.alias)
         if writer is None:
-            counters["primary_unavailable"] += 1
+            stats.incr("primary_unavailable", cluster.name)
             snapshot = health.snapshot(cluster.name)
             reason = snapshot.reason if snapshot else "unknown"
             raise PrimaryUnavailable(cluster.name, self.alias, context + reason)
@@ -145,7 +144,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         except PoolExhausted:
             raise
         except psycopg2.OperationalError as exc:
-            counters["primary_unavailable"] += 1
+            stats.incr("primary_unavailable", cluster.name)
             raise PrimaryUnavailable(
                 cluster.name, self.alias, f"{context}cannot connect to {writer}: {_first_line(exc)}"
             ) from exc
@@ -193,7 +192,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
                 # the broken connection may have been lent by another replica alias: suspect its owner too
                 for alias in (self.alias, *_replicas_on(cluster, server)):
                     health.suspect(cluster.name, alias)
-                counters["read_retries"] += 1
+                stats.incr("read_retries", self.alias)
                 logger.warning(
                     "read on %s (%s) failed: %s; retrying it elsewhere (attempt %d)",
                     self.alias,
@@ -367,7 +366,7 @@ def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Bo
             health.suspect(cluster.name, other)
             failures.append(f"{other}: {_first_line(exc)}")
             continue
-        counters["read_fallbacks"] += 1
+        stats.incr("read_fallbacks", alias)
         logger.warning(
             "replica %s unavailable (%s): its reads go to %s",
             alias, failures[0], other,
@@ -391,7 +390,7 @@ def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Bo
     except Exception:
         borrowed.pool.checkin(borrowed, reusable=False)
         raise
-    counters["read_fallbacks"] += 1
+    stats.incr("read_fallbacks", alias)
     logger.warning(
         "replicas unavailable (%s): reads of %s go to the primary (%s)",
         "; ".join(failures), alias, _server(conn),
