@@ -66,21 +66,26 @@ ensure_system_packages() {
     if [ ${#packages[@]} -gt 0 ]; then apt_install "${packages[@]}"; fi
 }
 
+# make_venv DIR: a virtual environment in DIR (kept when it exists)
+make_venv() {
+    local dir="$1" python
+    [ -x "$dir/bin/python" ] && return 0
+    python="$(find_python)" || { log "no Python >= 3.11 with venv found"; exit 1; }
+    log "creating $dir with $python"
+    if ! "$python" -m venv "$dir" >/dev/null 2>&1; then
+        # Debian's python3 lacks ensurepip until python3-venv (python3.X-venv) is installed
+        rm -rf "$dir"
+        apt_install "python$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
+        "$python" -m venv "$dir"
+    fi
+}
+
 # ensure_venv [VENV [PIP REQUIREMENT...]]: a venv with replicarouter[dev] (plus the given requirements)
 ensure_venv() {
     local VENV="${1:-$VENV}"
     local extra=("${@:2}")
-    local python stamp
-    python="$(find_python)" || { log "no Python >= 3.11 with venv found"; exit 1; }
-    if [ ! -x "$VENV/bin/python" ]; then
-        log "creating $VENV with $python"
-        if ! "$python" -m venv "$VENV" >/dev/null 2>&1; then
-            # Debian's python3 lacks ensurepip until python3-venv (python3.X-venv) is installed
-            rm -rf "$VENV"
-            apt_install "python$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
-            "$python" -m venv "$VENV"
-        fi
-    fi
+    local stamp
+    make_venv "$VENV"
     stamp="$VENV/.replicarouter-installed"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
         log "installing replicarouter and its test tools into $VENV"
@@ -93,9 +98,8 @@ ensure_venv() {
 # ensure_tools PIP-REQUIREMENT...: a separate venv (.venv-tools) for build-time tools (docs site, wheel
 # build, compose validation) so they never share an environment with the package under test
 ensure_tools() {
-    local tools="$ROOT/.venv-tools" python stamp want
-    python="$(find_python)" || { log "no Python >= 3.11 with venv found"; exit 1; }
-    [ -x "$tools/bin/python" ] || "$python" -m venv "$tools"
+    local tools="$ROOT/.venv-tools" stamp want
+    make_venv "$tools"
     want="$(printf '%s\n' "$@" | sort | tr '\n' ' ')"
     stamp="$tools/.installed"
     if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
