@@ -193,7 +193,11 @@ class ConnectionPool:
         # raising DisconnectionError makes QueuePool invalidate this connection and hand out another
         if _socket_readable(dbapi_connection):
             self.counters.stale_on_checkout += 1
-            logger.info("pool %r: dropped a connection the server had closed", self.alias)
+            logger.info(
+                "pool %r: dropped a connection the server had closed",
+                self.alias,
+                extra={"replicarouter_event": "pool_stale_connection", "replicarouter_node": self.alias},
+            )
             raise sa_exc.DisconnectionError("server closed the idle connection")
         if self.options.pre_ping:
             try:
@@ -244,6 +248,7 @@ class ConnectionPool:
                 logger.warning(
                     "pool %r: connection held %.1f s by thread %s (LEAK_WARNING is %.1f s)",
                     self.alias, held, borrowed.lease.thread, self.options.leak_warning,
+                    extra={"replicarouter_event": "pool_leak", "replicarouter_node": self.alias},
                 )  # fmt: skip
         fairy = borrowed.fairy
         if fairy.dbapi_connection is None:  # already invalidated
@@ -274,7 +279,12 @@ class ConnectionPool:
                     cursor.execute("DISCARD ALL")
                 self.counters.discards += 1
         except Exception as exc:
-            logger.info("pool %r: closing a connection that failed its reset: %s", self.alias, exc)
+            logger.info(
+                "pool %r: closing a connection that failed its reset: %s",
+                self.alias,
+                exc,
+                extra={"replicarouter_event": "pool_reset_failed", "replicarouter_node": self.alias},
+            )
             return False
         return True
 
@@ -290,6 +300,7 @@ class ConnectionPool:
                     "pool %r: a connection has been checked out by thread %s for %.1f s (LEAK_WARNING is "
                     "%.1f s): a thread that never closes its connection holds it forever",
                     self.alias, lease.thread, now - lease.since, self.options.leak_warning,
+                    extra={"replicarouter_event": "pool_leak", "replicarouter_node": self.alias},
                 )  # fmt: skip
 
     # -- state ------------------------------------------------------------------------------------------

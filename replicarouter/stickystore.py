@@ -72,7 +72,11 @@ def load(identity: str, clusters: list[str]) -> dict[str, int]:
         values = redis_client.mget([_key(c, identity) for c in clusters])
     except Exception as exc:
         stats.incr("sticky_store_errors")
-        logger.warning("sticky positions unavailable (redis: %s): relying on the signed cookie", exc)
+        logger.warning(
+            "sticky positions unavailable (redis: %s): relying on the signed cookie",
+            exc,
+            extra={"replicarouter_event": "sticky_store_error"},
+        )
         return {}
     return {c: int(v) for c, v in zip(clusters, values, strict=True) if v is not None}
 
@@ -87,7 +91,11 @@ def advance(identity: str, cluster: str, position: int) -> bool:
         redis_client.eval(_ADVANCE, 1, _key(cluster, identity), position, ttl)
     except Exception as exc:
         stats.incr("sticky_store_errors")
-        logger.warning("could not store a sticky position (redis: %s): the signed cookie carries it", exc)
+        logger.warning(
+            "could not store a sticky position (redis: %s): the signed cookie carries it",
+            exc,
+            extra={"replicarouter_event": "sticky_store_error"},
+        )
         return False
     return True
 

@@ -64,6 +64,10 @@ def _connect(settings_dict: Mapping[str, Any]) -> Any:
     return conn
 
 
+def _event(name: str, cluster: Cluster) -> dict[str, str]:
+    return {"replicarouter_event": name, "replicarouter_cluster": cluster.name}
+
+
 def promote(
     cluster: Cluster, nodes: Mapping[str, NodeHealth], databases: Mapping[str, Any], *, waited: float
 ) -> str | None:
@@ -71,7 +75,10 @@ def promote(
     alias = candidate(cluster, nodes)
     if alias is None:
         logger.error(
-            "cluster %s: no writer for %.1f s, no replica answers: nothing to promote", cluster.name, waited
+            "cluster %s: no writer for %.1f s, no replica answers: nothing to promote",
+            cluster.name,
+            waited,
+            extra=_event("promotion_failed", cluster),
         )
         return None
     node = nodes[alias]
@@ -81,7 +88,7 @@ def promote(
         waited,
         alias,
         node.received,
-        extra={"replicarouter_cluster": cluster.name, "replicarouter_promoting": alias},
+        extra={**_event("promotion", cluster), "replicarouter_node": alias},
     )
     try:
         conn = _connect(databases[alias])
@@ -92,11 +99,21 @@ def promote(
         finally:
             conn.close()
     except Exception as exc:
-        logger.error("cluster %s: promoting %s failed: %s", cluster.name, alias, exc)
+        logger.error(
+            "cluster %s: promoting %s failed: %s",
+            cluster.name,
+            alias,
+            exc,
+            extra=_event("promotion_failed", cluster),
+        )
         return None
     if not promoted:
         logger.error(
-            "cluster %s: %s did not finish promotion within %d s", cluster.name, alias, PROMOTE_WAIT_SECONDS
+            "cluster %s: %s did not finish promotion within %d s",
+            cluster.name,
+            alias,
+            PROMOTE_WAIT_SECONDS,
+            extra=_event("promotion_failed", cluster),
         )
         return None
     target = databases[alias]
@@ -106,9 +123,19 @@ def promote(
         try:
             repoint(databases[other], str(target.get("HOST") or ""), str(target.get("PORT") or ""))
         except Exception as exc:
-            logger.error("cluster %s: could not point %s at %s: %s", cluster.name, other, alias, exc)
+            logger.error(
+                "cluster %s: could not point %s at %s: %s",
+                cluster.name, other, alias, exc,
+                extra=_event("repoint_failed", cluster),
+            )  # fmt: skip
         else:
-            logger.warning("cluster %s: %s now streams from %s", cluster.name, other, alias)
+            logger.warning(
+                "cluster %s: %s now streams from %s",
+                cluster.name,
+                other,
+                alias,
+                extra=_event("repoint", cluster),
+            )
     stats.incr("promotions", cluster.name)
     return alias
 

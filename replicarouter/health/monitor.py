@@ -167,6 +167,7 @@ def judge(
             previous,
             election.reason,
             extra={
+                "replicarouter_event": "writer_change",
                 "replicarouter_cluster": cluster.name,
                 "replicarouter_writer": election.active,
                 "replicarouter_previous_writer": previous,
@@ -190,6 +191,7 @@ def log_change(old: NodeHealth, new: NodeHealth, reason: str) -> None:
         new.lag_seconds,
         (" PROMOTED" if new.promoted else "") + (" FENCED" if new.fenced else ""),
         extra={
+            "replicarouter_event": "node_state",
             "replicarouter_node": new.alias,
             "replicarouter_old_state": old.state,
             "replicarouter_new_state": new.state,
@@ -405,9 +407,15 @@ class Monitor:
 
     def _set_redis_ok(self, ok: bool, exc: Exception | None = None) -> None:
         if ok and self._redis_ok is False:
-            logger.warning("redis is back: sharing health through it again")
+            logger.warning(
+                "redis is back: sharing health through it again", extra={"replicarouter_event": "redis_up"}
+            )
         elif not ok and self._redis_ok is not False:
-            logger.warning("redis unreachable (%s): probing from this process until it returns", exc)
+            logger.warning(
+                "redis unreachable (%s): probing from this process until it returns",
+                exc,
+                extra={"replicarouter_event": "redis_down"},
+            )
         self._redis_ok = ok
 
     def _redis_client(self) -> Any:
@@ -429,7 +437,12 @@ class Monitor:
         key = self._key(cluster, "leader")
         ttl = int(LEASE_INTERVALS * interval * 1000)
         if client.set(key, self.identity, nx=True, px=ttl):
-            logger.info("this process (%s) now probes cluster %r", self.identity, cluster.name)
+            logger.info(
+                "this process (%s) now probes cluster %r",
+                self.identity,
+                cluster.name,
+                extra={"replicarouter_event": "leader", "replicarouter_cluster": cluster.name},
+            )
             return True
         return bool(client.eval(_RENEW, 1, key, self.identity, ttl))
 
@@ -488,7 +501,9 @@ def fetch_snapshot(
             str(payload.get("reason") or ""),
         )
     except (ValueError, TypeError, KeyError):
-        logger.warning("ignoring an unreadable health snapshot at %s", key)
+        logger.warning(
+            "ignoring an unreadable health snapshot at %s", key, extra={"replicarouter_event": "bad_snapshot"}
+        )
         return None
     if set(nodes) != {cluster.primary, *cluster.replicas}:
         return None  # published for another topology
