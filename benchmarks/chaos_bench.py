@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from django.conf import settings  # noqa: E402
 
 from benchmarks.common import configure_test_app  # noqa: E402
+from benchmarks.render import CHAOS_COLUMNS  # noqa: E402
 from replicarouter.testing import LocalCluster  # noqa: E402
 
 HEALTH = {"CHECK_INTERVAL": 0.25, "CHECK_TIMEOUT": 0.5, "READ_TIMEOUT": 1.0}
@@ -195,17 +196,7 @@ def main(seconds: float = 6.0) -> None:
         connections.close_all()
         monitor.stop()
 
-    header = (
-        "fault",
-        "variant",
-        "requests",
-        "failed r/w",
-        "stale",
-        "hung",
-        "p99 ms",
-        "slowest ms",
-        "recover s",
-    )
+    header = CHAOS_COLUMNS
     widths = (38, 17, 8, 10, 5, 4, 8, 10, 9)
     print(
         " ".join(

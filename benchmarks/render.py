@@ -42,6 +42,19 @@ HEADER = (
     "     After a benchmark run, regenerate with: python benchmarks/render.py -->\n"
 )
 
+#: the columns of the chaos run's table (benchmarks/chaos_bench.py prints the same)
+CHAOS_COLUMNS = (
+    "fault",
+    "variant",
+    "requests",
+    "failed r/w",
+    "stale",
+    "hung",
+    "p99 ms",
+    "slowest ms",
+    "recover s",
+)
+
 
 # --- SVG bar charts ------------------------------------------------------------------------------------
 
@@ -444,18 +457,7 @@ def chaos_bench(data: Mapping[str, Any]) -> Section:
             )
         )
     settings = ", ".join(f"`{k}` {v} s" for k, v in data.get("settings", {}).items())
-    header = (
-        "fault",
-        "variant",
-        "requests",
-        "failed r/w",
-        "stale",
-        "hung",
-        "p99 ms",
-        "slowest ms",
-        "recover s",
-    )
-    faults_table = table(header, rows, (False, False, True, True, True, True, True, True, True))
+    faults_table = table(CHAOS_COLUMNS, rows, (False, False, True, True, True, True, True, True, True))
     text = f"""## Chaos run
 
 `chaos_bench` drives 4 reader and 2 writer threads through the full middleware stack while each fault
