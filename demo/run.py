@@ -305,13 +305,19 @@ def traffic(cluster: LocalCluster, env: dict[str, str], base: str, args: argpars
     stale = sum(len(p.stale) for p in phases)
     errors = sum(len(p.errors) for p in phases)
     print(f"users wrote {writes} notes and read their own notes {own} times: {stale} stale, {errors} errors")
+    early = phases[1].reads["visitor", "replica1"]
+    print(
+        f"visitors' reads of replica1 while paused ({early}) came before it passed MAX_LAG_SECONDS (1 s "
+        "here): reads with no pending write of their own accept lag up to that bound"
+    )
     for problem in problems[:10]:
         print("  !", problem)
 
     print("\n$ python manage.py replicastatus")
     status = manage(env, "replicastatus")
     print(status.stdout.rstrip() or status.stderr.rstrip())
-    print(f"(exit status {status.returncode})")
+    print(f"(exit status {status.returncode}; its pool columns are its own process's, which holds none: "
+          "the site's pools are in the metrics below)")  # fmt: skip
     _print_metrics(base)
     return 1 if problems else 0
 
