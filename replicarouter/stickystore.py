@@ -63,6 +63,12 @@ def _key(cluster: str, identity: str) -> str:
     return f"{settings.KEY_PREFIX}:sticky:{cluster}:{identity}"
 
 
+def _store_error(message: str, exc: Exception) -> None:
+    """Count and log a Redis failure on session positions (``message`` has one %s for the error)."""
+    stats.incr("sticky_store_errors")
+    logger.warning(message, exc, extra={"replicarouter_event": "sticky_store_error"})
+
+
 def load(identity: str, clusters: list[str]) -> dict[str, int]:
     """Return the stored positions of ``identity`` (one MGET); {} on any Redis error."""
     redis_client = client()
@@ -71,12 +77,7 @@ def load(identity: str, clusters: list[str]) -> dict[str, int]:
     try:
         values = redis_client.mget([_key(c, identity) for c in clusters])
     except Exception as exc:
-        stats.incr("sticky_store_errors")
-        logger.warning(
-            "sticky positions unavailable (redis: %s): relying on the signed cookie",
-            exc,
-            extra={"replicarouter_event": "sticky_store_error"},
-        )
+        _store_error("sticky positions unavailable (redis: %s): relying on the signed cookie", exc)
         return {}
     return {c: int(v) for c, v in zip(clusters, values, strict=True) if v is not None}
 
@@ -90,12 +91,7 @@ def advance(identity: str, cluster: str, position: int) -> bool:
     try:
         redis_client.eval(_ADVANCE, 1, _key(cluster, identity), position, ttl)
     except Exception as exc:
-        stats.incr("sticky_store_errors")
-        logger.warning(
-            "could not store a sticky position (redis: %s): the signed cookie carries it",
-            exc,
-            extra={"replicarouter_event": "sticky_store_error"},
-        )
+        _store_error("could not store a sticky position (redis: %s): the signed cookie carries it", exc)
         return False
     return True
 
