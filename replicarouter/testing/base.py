@@ -173,7 +173,27 @@ class ClusterBase:
     #: how long a fault control waits for its effect before raising ClusterError
     timeout: float = 30.0
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        replicas: int = 2,
+        dbname: str = "replicarouter",
+        user: str = "postgres",
+        password: str | None = None,
+        conf: dict[str, str] | None = None,
+        redis: bool = True,
+        timeout: float = 30.0,
+    ) -> None:
+        """Keep the settings every backend shares (a backend's own come after)."""
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        self.replica_count = replicas
+        self.dbname = dbname
+        self.user = user
+        self.password = password
+        self.extra_conf = dict(conf or {})
+        self.with_redis = redis
+        self.timeout = timeout
         self.nodes: list[Node] = []
         self.redis_host = "127.0.0.1"
         self.redis_port = 0

@@ -163,18 +163,17 @@ class DockerCluster(ClusterBase):
         redis: bool = True,
         timeout: float = 30.0,
     ) -> None:
-        super().__init__()
-        if replicas < 0:
-            raise ValueError("replicas must be >= 0")
-        self.replica_count = replicas
-        self.dbname = dbname
-        self.user = user
-        self.password = password
+        super().__init__(
+            replicas=replicas,
+            dbname=dbname,
+            user=user,
+            password=password,
+            conf=conf,
+            redis=redis,
+            timeout=timeout,
+        )
         self.image = image
         self.redis_image = redis_image
-        self.extra_conf = dict(conf or {})
-        self.with_redis = redis
-        self.timeout = timeout
         #: short random id in container names and labels (``replicarouter-<id>-primary``)
         self.cluster_id = uuid.uuid4().hex[:10]
         self.startup_seconds: float | None = None

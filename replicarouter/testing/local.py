@@ -76,20 +76,19 @@ class LocalCluster(ClusterBase):
         ssl: bool = False,
         timeout: float = 30.0,
     ) -> None:
-        super().__init__()
-        if replicas < 0:
-            raise ValueError("replicas must be >= 0")
-        self.replica_count = replicas
-        self.dbname = dbname
-        self.user = user
-        self.password = password
+        super().__init__(
+            replicas=replicas,
+            dbname=dbname,
+            user=user,
+            password=password,
+            conf=conf,
+            redis=redis,
+            timeout=timeout,
+        )
         self.binaries = binaries
         self.os_user_name = os_user
         self.root = root
-        self.extra_conf = dict(conf or {})
-        self.with_redis = redis
         self.ssl = ssl
-        self.timeout = timeout
         self.dir: Path | None = None
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
