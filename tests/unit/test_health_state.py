@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import replace
 
 from replicarouter.health import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
 from replicarouter.health.probe import Prober, ProbeResult, lsn_to_int
@@ -108,3 +109,179 @@ def test_probe_deadline_holds_against_a_server_that_never_answers():
         prober.close()
     assert not results["frozen"].ok and "no answer within 0.3 s" in results["frozen"].error
     assert took < 1.0
+
+
+def judge(node, result, primary_position=1000, history=None, now=100.0):
+    return next_health(node, result, primary_position=primary_position, history=history, rules=RULES, now=now)
+
+
+def test_rise_counts_only_consecutive_healthy_probes():
+    """A failure between healthy probes starts the streak again: down → ok → fail → ok is still down."""
+    node = step(NodeHealth("r1", "replica", state="down", failures=2), ok())
+    assert (node.state, node.healthy_streak, node.failures) == ("down", 1, 0)
+    node = step(node, fail())
+    assert (node.state, node.healthy_streak, node.failures) == ("down", 0, 1)
+    node = step(node, ok())
+    assert (node.state, node.healthy_streak) == ("down", 1)
+    node = step(node, ok())
+    assert (node.state, node.healthy_streak) == ("up", 2)
+
+
+def test_fall_counts_failures_exactly_and_a_good_probe_resets_them():
+    node = step(NodeHealth("r1", "replica", state="up", healthy_streak=5), fail(), now=7.0)
+    assert node == NodeHealth(
+        "r1", "replica", state="up", failures=1, healthy_streak=0, error="connection refused", checked_at=7.0
+    )
+    node = step(node, ok())
+    assert (node.state, node.failures) == ("up", 0)
+    node = step(node, fail())
+    assert (node.state, node.failures) == ("up", 1)  # FALL=2: one failure after a good probe is not enough
+    node = step(node, fail())
+    assert (node.state, node.failures) == ("down", 2)
+    node = step(node, fail())
+    assert (node.state, node.failures) == ("down", 3)
+
+
+def test_failed_probe_reason_counts_against_fall():
+    node = NodeHealth("r1", "replica", state="up")
+    assert judge(node, fail())[1] == "probe failed (1/2): connection refused"
+    assert judge(replace(node, failures=1), fail())[1] == "probe failed (2/2): connection refused"
+
+
+def test_a_good_probe_records_everything_it_measured():
+    result = ProbeResult(
+        "r1", True, in_recovery=True, position=900, receive_position=950, replay_age=0.5, timeline=3
+    )
+    node = NodeHealth(
+        "r1", "replica", host="h", port="5", state="down", failures=4, error="old", healthy_streak=1
+    )
+    updated, reason = judge(node, result, primary_position=1000, now=42.0)
+    assert updated == NodeHealth(
+        "r1", "replica", host="h", port="5", role="replica", state="up", lag_bytes=100, lag_seconds=0.5,
+        checked_at=42.0, error=None, promoted=False, failures=0, healthy_streak=2, position=900,
+        received=950, timeline=3,
+    )  # fmt: skip
+    assert reason == "probe ok"
+
+
+def test_lag_seconds_are_rounded_to_milliseconds():
+    history = PrimaryHistory()
+    history.add(100.0, 1000)
+    history.add(101.0, 2000)
+    node, reason = judge(NodeHealth("r1", "replica", state="up"), ok(position=1000), 2000, history, 102.23456)
+    assert node.lag_seconds == 1.235 and node.lag_bytes == 1000 and node.state == "up"
+    assert reason == "probe ok"
+
+
+def test_the_configured_primary_has_no_lag_and_is_not_promoted():
+    primary = NodeHealth("default", "primary")
+    node, reason = judge(primary, ok("default", position=5000, in_recovery=False), primary_position=None)
+    assert (node.role, node.state, node.lag_bytes, node.lag_seconds, node.promoted) == (
+        "primary", "up", 0, 0.0, False
+    )  # fmt: skip
+    assert reason == "probe ok"
+    # a configured primary found in recovery (rejoined as a standby): reported, but no lag is judged for it
+    node, reason = judge(primary, ok("default", position=5, in_recovery=True), primary_position=None)
+    assert (node.role, node.state, node.lag_bytes, node.promoted) == ("replica", "up", 0, False)
+
+
+def test_a_promoted_replica_is_judged_without_lag():
+    node, reason = judge(
+        NodeHealth("r1", "replica", state="up"), ok(position=0, in_recovery=False), primary_position=10**9
+    )
+    assert (node.role, node.state, node.lag_bytes, node.lag_seconds, node.promoted) == (
+        "primary", "up", 0, 0.0, True
+    )  # fmt: skip
+    assert reason == "promoted: no longer in recovery"
+
+
+def test_lag_limits_are_exclusive_and_each_reason_names_its_limit():
+    up = NodeHealth("r1", "replica", state="up")
+    node, reason = judge(up, ok(position=0, replay_age=0.0), primary_position=1000)  # MAX_LAG_BYTES behind
+    assert node.state == "up" and node.lag_bytes == 1000 and reason == "probe ok"
+    node, reason = judge(up, ok(position=0, replay_age=0.0), primary_position=1001)
+    assert node.state == "lagging" and reason == "lag 1001 bytes > MAX_LAG_BYTES 1000"
+    node, reason = judge(up, ok(position=10, replay_age=5.0), primary_position=20)  # exactly MAX_LAG_SECONDS
+    assert node.state == "up" and node.lag_seconds == 5.0 and reason == "probe ok"
+    node, reason = judge(up, ok(position=10, replay_age=5.01), primary_position=20)
+    assert node.state == "lagging" and reason == "lag 5.0 s > MAX_LAG_SECONDS 5"
+    node, reason = judge(up, ok(position=10, replay_age=None), primary_position=20)  # bytes known, age not
+    assert (node.state, node.lag_bytes, node.lag_seconds) == ("lagging", 10, None)
+    assert reason == "lag cannot be measured (primary position unknown)"
+    node, reason = judge(up, ok(), primary_position=None)
+    assert reason == "lag cannot be measured (primary position unknown)"
+
+
+def test_a_healthy_probe_short_of_rise_says_how_far_it_is():
+    lagging = NodeHealth("r1", "replica", state="lagging")
+    node, reason = judge(lagging, ok())
+    assert node.state == "lagging" and reason == "healthy 1/2"
+    node, reason = judge(node, ok())
+    assert node.state == "up" and reason == "probe ok"
+    # an up node whose streak was broken by one failure stays up on its next good probe
+    node, reason = judge(NodeHealth("r1", "replica", state="up", failures=1), ok())
+    assert (node.state, node.healthy_streak, reason) == ("up", 1, "probe ok")
+
+
+def test_lag_seconds_come_from_history_when_it_covers_the_gap():
+    """The primary was seen passing the replica's position after the first sample: that moment counts,
+    not the replay timestamp (which grows on an idle primary)."""
+    history = PrimaryHistory()
+    history.add(100.0, 1000)
+    history.add(102.0, 2000)
+    assert measure_lag(ok(position=1000, replay_age=50.0), 2000, history, 104.0) == (1000, 2.0)
+    assert measure_lag(ok(position=1000, replay_age=50.0), 2000, history, 102.25) == (1000, 0.25)
+    assert measure_lag(ok(position=1000, replay_age=50.0), 2000, history, 101.0) == (1000, 0.0)  # clock step
+
+
+def test_lag_behind_since_before_history_uses_the_larger_bound():
+    history = PrimaryHistory()
+    history.add(100.0, 2000)  # the replica at 1000 was already behind when memory starts
+    assert measure_lag(ok(position=1000, replay_age=30.0), 2000, history, 105.0) == (1000, 30.0)
+    assert measure_lag(ok(position=1000, replay_age=2.0), 2000, history, 105.0) == (1000, 5.0)
+    assert measure_lag(ok(position=1000, replay_age=None), 2000, history, 100.5) == (1000, 0.5)
+    assert measure_lag(ok(position=1000, replay_age=0.0), 2000, history, 100.5) == (1000, 0.5)
+
+
+def test_lag_without_a_sample_past_the_replica_uses_the_replay_timestamp():
+    empty = PrimaryHistory()
+    assert measure_lag(ok(position=10, replay_age=2.5), 20, empty, 50.0) == (10, 2.5)
+    assert measure_lag(ok(position=10, replay_age=None), 20, empty, 50.0) == (10, None)
+    assert measure_lag(ok(position=None), 20, empty, 50.0) == (None, None)
+    assert measure_lag(ok(position=30), 20, empty, 50.0) == (0, 0.0)  # ahead of the sampled primary
+
+
+def test_primary_history_keeps_changes_only():
+    history = PrimaryHistory()
+    history.add(1.0, 10)
+    history.add(2.0, 10)
+    history.add(3.0, 20)
+    assert list(history.samples) == [(1.0, 10), (3.0, 20)]
+    assert history.behind_since(5) == 1.0
+    assert history.behind_since(10) == 3.0
+    assert history.behind_since(20) is None
+
+
+def test_only_up_standbys_of_the_configured_primary_are_usable():
+    nodes = {
+        "default": NodeHealth("default", "primary", state="up"),
+        "r1": NodeHealth("r1", "replica", state="up"),
+        "r2": NodeHealth("r2", "replica", state="lagging"),
+        "r3": NodeHealth("r3", "replica", state="down"),
+        "r4": NodeHealth("r4", "replica", state="unknown"),
+        "r5": NodeHealth("r5", "replica", state="up", promoted=True),
+        "r6": NodeHealth("r6", "replica", state="up", fenced=True),
+        "r7": NodeHealth("r7", "replica", state="up"),
+    }
+    assert usable(nodes) == frozenset({"r1", "r7"})
+
+
+def test_public_fields_leave_out_the_counters():
+    node = NodeHealth("r1", "replica", host="h", port="5432", role="replica", state="up", lag_bytes=3,
+                      lag_seconds=0.5, checked_at=9.0, failures=1, healthy_streak=2, position=7, received=8,
+                      timeline=4)  # fmt: skip
+    assert node.public() == {
+        "alias": "r1", "host": "h", "port": "5432", "role": "replica", "state": "up", "lag_bytes": 3,
+        "lag_seconds": 0.5, "checked_at": 9.0, "error": None, "promoted": False, "timeline": 4,
+        "fenced": False,
+    }  # fmt: skip
