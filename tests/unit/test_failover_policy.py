@@ -57,8 +57,8 @@ def test_on_a_tie_the_current_writer_keeps_its_place():
 
 
 def _replica(alias, received, position, **kw):
-    return NodeHealth(alias, "replica", role="replica", state="up", checked_at=1.0, received=received,
-                      position=position, **kw)  # fmt: skip
+    fields = {"role": "replica", "state": "up", "checked_at": 1.0, **kw}
+    return NodeHealth(alias, "replica", received=received, position=position, **fields)
 
 
 def test_the_most_caught_up_answering_replica_is_promoted():
@@ -172,3 +172,92 @@ def test_status_stays_a_function_after_every_submodule_is_imported():
         if ".testing" not in module.name and "docker" not in module.name:
             importlib.import_module(module.name)
     assert callable(replicarouter.status) and replicarouter.status.__module__ == "replicarouter"
+
+
+def test_elections_state_every_field():
+    from replicarouter.health.state import Election
+
+    assert elect("default", {}, previous=None, known_timeline=0, unreachable=NONE) == Election(
+        "default", NONE, 0, "default is primary (last probe did not answer)"
+    )
+    assert elect(
+        "default", {}, previous="replica1", known_timeline=4, unreachable=frozenset({"replica1"})
+    ) == (Election(None, NONE, 4, "replica1 is down and no replica has been promoted"))
+    # a primary that does not report its timeline counts as timeline 0
+    assert elect("default", {"default": None}, previous=None, known_timeline=0, unreachable=NONE) == Election(
+        "default", NONE, 0, "default is primary on timeline 0"
+    )
+    split = elect("default", {"default": 1, "replica2": 2}, previous="replica1", known_timeline=3,
+                  unreachable=NONE)  # fmt: skip
+    assert split == Election(
+        None, frozenset({"default", "replica2"}), 3,
+        "default, replica2 claim primary on timeline 2, older than timeline 3 seen before: "
+        "fenced (split brain); the newer primary does not answer",
+    )  # fmt: skip
+    claims = {"default": 1, "replica1": 2, "replica2": 1}
+    three = elect("default", claims, previous="default", known_timeline=1, unreachable=NONE)
+    assert three == Election(
+        "replica1", frozenset({"default", "replica2"}), 2,
+        "replica1 is primary on timeline 2; fenced default, replica2 (also claiming primary, older timeline)",
+    )  # fmt: skip
+
+
+def test_on_a_tie_without_the_current_writer_the_configured_primary_wins():
+    election = elect("main", {"alpha": 2, "main": 2}, previous="gone", known_timeline=2, unreachable=NONE)
+    assert (election.active, election.fenced) == ("main", frozenset({"alpha"}))
+    anonymous = elect("main", {"zeta": None, "beta": None}, previous=None, known_timeline=0, unreachable=NONE)
+    assert (anonymous.active, anonymous.timeline) == ("beta", 0)  # neither: the first by name
+
+
+def test_a_down_replica_is_not_promoted_even_when_it_answers_again():
+    """After FALL failures a replica stays down until RISE good probes: its failures are 0 meanwhile."""
+    cluster = Cluster("default", "default", ("replica1", "replica2"))
+    nodes = {
+        "replica1": _replica("replica1", 900, 900),
+        "replica2": NodeHealth(
+            "replica2",
+            "replica",
+            role="replica",
+            state="down",
+            checked_at=1.0,
+            received=5000,
+            position=5000,
+            healthy_streak=1,
+        ),
+    }
+    assert candidate(cluster, nodes) == "replica1"
+    nodes["replica1"] = _replica("replica1", 900, 900, state="lagging")  # lagging still answers: eligible
+    assert candidate(cluster, nodes) == "replica1"
+
+
+def test_promotion_candidate_rules_for_unknown_positions_and_ties():
+    cluster = Cluster("default", "default", ("replica1", "replica2"))
+
+    def pick(first, second):
+        return candidate(
+            cluster, {"replica1": _replica("replica1", *first), "replica2": _replica("replica2", *second)}
+        )
+
+    assert pick((None, None), (1, None)) == "replica2"  # knowing nothing never beats one received byte
+    assert pick((None, 500), (400, 400)) == "replica1"  # receive position unknown: the replayed one counts
+    assert pick((1000, 800), (1000, 900)) == "replica2"  # same received: the one that replayed more
+    assert pick((5, None), (5, 1)) == "replica2"
+    assert pick((1000, 900), (1000, 900)) == "replica1"  # a full tie: the first configured replica
+    assert pick((0, 0), (0, 0)) == "replica1"
+    nodes = {"replica2": _replica("replica2", 1, 1), "replica1": _replica("replica1", 1, 1)}
+    assert candidate(cluster, nodes) == "replica1"  # configuration order, not the mapping's
+
+
+def test_promotion_candidates_must_be_answering_standbys_of_this_cluster():
+    cluster = Cluster("default", "default", ("replica1", "replica2"))
+    best = _replica("replica1", 100, 100)
+    strangers = {
+        "other": _replica("other", 10**6, 10**6),  # not one of this cluster's replicas
+        "replica2": _replica("replica2", 10**6, 10**6, role="primary"),  # already promoted by someone else
+    }
+    assert candidate(cluster, {"replica1": best, **strangers}) == "replica1"
+    never_checked = NodeHealth(
+        "replica2", "replica", role="replica", state="up", received=10**6, position=10**6
+    )
+    assert candidate(cluster, {"replica1": best, "replica2": never_checked}) == "replica1"
+    assert candidate(cluster, {}) is None
