@@ -60,3 +60,50 @@ def test_time_mode_deadline_expires():
     state = sticky.StickyState("time", known={"a": now_ms + 60_000, "b": now_ms - 1})
     assert state.required("a") == now_ms + 60_000
     assert state.required("b") is None
+
+
+def test_merge_keeps_the_furthest_position_whatever_the_order():
+    assert sticky.merge({"a": 5}, {"a": 3}) == {"a": 5}
+    assert sticky.merge({"a": 3}, {"a": 5}) == {"a": 5}
+    assert sticky.merge({"a": 0}) == {"a": 0}
+    assert sticky.merge({}, {"b": 7}, {"b": 2, "c": 1}) == {"b": 7, "c": 1}
+    assert sticky.merge() == {}
+
+
+def test_caught_up_is_at_least_the_required_position():
+    positions = {"r1": 100, "r2": 99, "r3": 101, "r4": None}
+    assert sticky.caught_up({"r1", "r2", "r3", "r4"}, positions, 100) == {"r1", "r3"}
+    assert sticky.caught_up({"r2"}, positions, 100) == frozenset()  # only the usable ones count
+    assert sticky.caught_up(set(), positions, 0) == frozenset()
+
+
+def test_a_cookie_keeps_position_zero_and_is_compressed():
+    assert sticky.decode_cookie(sticky.encode_cookie({"z": 0, "a": 1}, "lsn"), "lsn", 60) == {"z": 0, "a": 1}
+    many = {f"cluster{i}": 10**12 + i for i in range(30)}
+    value = sticky.encode_cookie(many, "time")
+    assert value.startswith(".")  # django.core.signing marks a compressed payload with a leading dot
+    assert len(value) < len(signing.dumps({"m": "time", "p": many}, salt=sticky.COOKIE_SALT))
+    assert sticky.decode_cookie(value, "time", 60) == many
+
+
+def test_identity_is_the_hmac_of_scope_and_value():
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"secret", b"session:abc", hashlib.sha256).hexdigest()
+    assert sticky.identity("session", "abc", "secret") == expected
+
+
+def test_state_merges_the_loaded_positions_with_the_known_ones():
+    state = sticky.StickyState("lsn", known={"a": 10, "b": 50}, loader=lambda: {"a": 20, "b": 40, "c": 5})
+    assert (state.required("a"), state.required("b"), state.required("c")) == (20, 50, 5)
+    assert state.loaded == {"a": 20, "b": 50, "c": 5}
+    assert sticky.StickyState("lsn").required("a") is None  # neither cookie nor store
+
+
+def test_time_mode_pin_ends_at_its_deadline(monkeypatch):
+    monkeypatch.setattr(sticky.time, "time", lambda: 1000.0)
+    state = sticky.StickyState("time", known={"at": 1_000_000, "after": 1_000_001})
+    assert state.required("at") is None  # the deadline itself is past the pin
+    assert state.required("after") == 1_000_001
+    assert sticky.StickyState("lsn", known={"old": 5}).required("old") == 5  # lsn positions never expire
