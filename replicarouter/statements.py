@@ -97,9 +97,10 @@ def _text_is_write(text: str) -> bool:
         return False
     if word in _READS:
         # SELECT … INTO, data-modifying CTEs, row locks and sequence calls need the primary; quoted names
-        # such as "update" are removed before concluding so that they do not count
+        # such as "update" are removed before concluding so that they do not count. Each becomes a space,
+        # as it separates tokens for PostgreSQL: FROM"t"FOR SHARE must not turn into FROMFOR SHARE
         return bool(_WRITE_INSIDE_READ.search(text)) and bool(
-            _WRITE_INSIDE_READ.search(_QUOTED.sub("", text))
+            _WRITE_INSIDE_READ.search(_QUOTED.sub(" ", text))
         )
     if word == "COPY":
         return not _COPY_TO.search(text)

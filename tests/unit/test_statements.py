@@ -51,6 +51,11 @@ def test_a_quoted_name_glued_to_a_keyword_still_counts():
     """Quoted names are cut out before the second look; what touched them must keep its word boundary."""
     assert is_write('SELECT * INTO"backup" FROM t') is True
     assert is_write('SELECT 1 FROM t FOR UPDATE OF"t"') is True
+    # glued on both sides: PostgreSQL still reads AS "a" INTO t and FROM "t" FOR SHARE
+    assert is_write('SELECT 1 AS"a"INTO t') is True
+    assert is_write('SELECT * FROM"t"FOR SHARE') is True
+    assert is_write('SELECT * FROM"t"FOR KEY SHARE') is True
+    assert is_write('SELECT "update"FROM t') is False
 
 
 def test_text_not_starting_with_a_word_is_a_write_unless_blank():
