@@ -120,6 +120,44 @@ def test_replica_frozen_no_hung_request(replica_cluster, routing, caplog):
     assert not in_flight or cut
 
 
+def test_read_in_flight_on_a_frozen_replica_is_cut_and_run_again_elsewhere(replica_cluster, routing, caplog):
+    """Fault: replica1 frozen (SIGSTOP) while a read runs on it → the watchdog cuts it (READ_TIMEOUT) and
+    it runs again on another node: the caller gets its row, the retry is counted and logged.
+
+    The load test above can only check this when one of its reads happens to be on replica1 at the
+    freeze; this read is there for certain (seen in pg_stat_activity before the freeze).
+    """
+    node = replica_cluster.node("replica1")
+    retries = stats.total("read_retries", alias="replica1")
+    outcome = {}
+
+    def read():
+        try:
+            with request_context(), connections["replica1"].cursor() as cursor:
+                cursor.execute("SELECT inet_server_port() FROM pg_sleep(0.4217)")
+                outcome["port"] = cursor.fetchone()[0]
+        except Exception as exc:  # surfaced below
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=read, name="load-frozen-read")
+    thread.start()
+    wait_for(
+        "the read to run on replica1",
+        lambda: node.scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%0.4217%%' "
+                            "AND pid <> pg_backend_pid()") == 1,
+        timeout=5,
+    )  # fmt: skip
+    replica_cluster.freeze("replica1")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome
+    assert outcome["port"] in (replica_cluster.node("replica2").port, replica_cluster.primary.port)
+    assert stats.total("read_retries", alias="replica1") == retries + 1
+    assert any("no answer within READ_TIMEOUT; retrying it elsewhere" in m for m in caplog.messages)
+
+
 def test_replay_paused_no_stale_read_for_sticky_sessions(replica_cluster, routing):
     """Fault: replay paused on replica1 under load → sessions never miss their own writes, 0 failures."""
     report = Load(readers=3, writers=3).run(
