@@ -76,7 +76,14 @@ def test_reads_return_to_replicas_once_they_caught_up(replica_cluster, routing):
 
     roles = _roles(replica_cluster)
     client = Client()
+    _write(client, "opens the session")  # a session has no key (nothing in Redis) until its first response
     item_id = _write(client)
+    key_pattern = f"{routing['KEY_PREFIX']}:sticky:default:*"
+    r = redis.Redis.from_url(replica_cluster.redis_url)
+    try:
+        assert len(list(r.scan_iter(key_pattern))) == 1  # the session's position, stored
+    finally:
+        r.close()
     replica_cluster.wait_caught_up()
     required = sticky.decode_cookie(client.cookies[sticky.COOKIE_NAME].value, "lsn", 60)["default"]
     wait_for(
@@ -87,7 +94,6 @@ def test_reads_return_to_replicas_once_they_caught_up(replica_cluster, routing):
     served = [roles[_read(client, item_id)["port"]] for _ in range(20)]
     assert served.count("replica") == 20
     # the position was released from Redis once every replica had it
-    key_pattern = f"{routing['KEY_PREFIX']}:sticky:default:*"
     r = redis.Redis.from_url(replica_cluster.redis_url)
     try:
         assert list(r.scan_iter(key_pattern)) == []
