@@ -40,6 +40,7 @@ class Request:
     port: int | None = None
     item: int | None = None
     traceback: str = ""
+    exception: BaseException | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -202,6 +203,7 @@ def call(
         response = client.get(path, params or {})
         exc = _local.exc
         if exc is not None:
+            request.exception = exc
             request.error, request.message = type(exc).__name__, str(exc).strip()
             request.traceback = "".join(traceback.format_exception(exc))
         elif response.status_code != 200:
@@ -210,6 +212,7 @@ def call(
         else:
             data = response.json()
     except Exception as exc:
+        request.exception = exc
         request.error, request.message = type(exc).__name__, str(exc).strip()
         request.traceback = traceback.format_exc()
     finally:

@@ -8,6 +8,7 @@ urlpatterns = [
     path("async-write-then-read/", views.async_write_then_read),
     path("sticky/write/", views.sticky_write),
     path("sticky/read/", views.sticky_read),
+    path("lock-then-read/", views.lock_then_read),
     path("load/read/", views.load_read),
     path("load/transaction/", views.load_transaction),
     path("load/hold/", views.load_hold),

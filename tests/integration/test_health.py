@@ -19,7 +19,7 @@ from django.test import override_settings
 from replicarouter import health, pools, request_context
 from replicarouter.health import monitor
 from replicarouter.health.monitor import ClusterProbe, initial_nodes
-from replicarouter.health.state import Rules
+from replicarouter.health.state import Rules, usable
 from replicarouter.testing import django_settings
 from replicarouter.testing.base import wait_for
 from replicarouter.topology import build
@@ -240,6 +240,48 @@ def test_promotion_is_reported(replica_cluster_factory):
     assert nodes["default"].state == "down"
     # replica2 now streams from replica1 and is measured against it
     assert nodes["replica2"].state == "up"
+
+
+def test_replica_back_from_down_needs_rise_healthy_rounds(replica_cluster, caplog):
+    """Bug guarded: the healthy streak kept across failed probes (RISE not enforced after a failure).
+
+    Fault: replica1 stopped (pg_ctl fast) after a run of healthy rounds, then started. The monitor's
+    per-cluster round (``ClusterProbe.round``) is driven here one round at a time, so rounds are counted,
+    not timed: down after FALL failed rounds, and back up only at the RISE-th healthy round after the
+    last failure (a streak carried over from before the fault would bring it back at the first one).
+    """
+    rules = Rules(fall=2, rise=3)
+    databases = replica_cluster.databases()
+    spec = build(databases, None)[0].default
+    probe = ClusterProbe(spec, databases, timeout=2.0)
+    state = {"nodes": initial_nodes(spec, databases), "election": None}
+
+    def one_round():
+        """Run one round; return replica1's state, whether it is usable, and its logged transitions."""
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="replicarouter.health"):
+            state["nodes"], state["election"] = probe.round(state["nodes"], 2.0, rules, state["election"])
+        moves = [
+            (r.replicarouter_old_state, r.replicarouter_new_state)
+            for r in caplog.records
+            if getattr(r, "replicarouter_event", None) == "node_state" and r.replicarouter_node == "replica1"
+        ]
+        return state["nodes"]["replica1"].state, "replica1" in usable(state["nodes"]), moves
+
+    try:
+        assert [one_round() for _ in range(5)][-1] == ("up", True, [])  # a long healthy streak...
+        replica_cluster.stop("replica1", "fast")
+        failing = [one_round() for _ in range(rules.fall)]
+        assert failing == [("up", True, []), ("down", False, [("up", "down")])]
+        replica_cluster.start("replica1")
+        replica_cluster.wait_caught_up()
+        back = [one_round() for _ in range(rules.rise)]
+    finally:
+        probe.close()
+        if replica_cluster.postmaster_pid("replica1") is None:
+            replica_cluster.start("replica1")
+    # ...does not count: RISE healthy rounds after the failure, the last one logged as down -> up
+    assert back == [("down", False, []), ("down", False, []), ("up", True, [("down", "up")])]
 
 
 def _replicastatus(replica_cluster, *args):

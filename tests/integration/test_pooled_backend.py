@@ -11,9 +11,10 @@ import time
 import uuid
 
 import psycopg2
+import psycopg2.errors
 import pytest
 from django.core.signals import request_finished, request_started
-from django.db import OperationalError, connections
+from django.db import DataError, OperationalError, connections
 
 from replicarouter import pools
 from replicarouter.backends.postgresql.base import DatabaseWrapper
@@ -140,6 +141,42 @@ def test_reset_rollback_mode_keeps_session_state_as_documented(replica_cluster):
     wrapper.close()
 
 
+@pytest.mark.parametrize(
+    ("reset", "seen", "discards"),
+    [("always", "0", 1), ("auto", "4321ms", 0)],  # auto resets only what the classifier sees (documented)
+)
+def test_reset_always_discards_state_the_classifier_cannot_see(replica_cluster, reset, seen, discards):
+    """Bug guarded: ``POOL RESET = "always"`` treated as ``"auto"``.
+
+    A database function changes a session setting: ``SELECT f()`` does not look like it leaves session
+    state behind, so only ``"always"`` resets the connection before the next borrower gets it.
+    """
+    alias = _alias()
+    function = f"rr_set_timeout_{uuid.uuid4().hex[:8]}"
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            f"CREATE FUNCTION {function}() RETURNS text LANGUAGE sql "
+            "AS $$ SELECT set_config('statement_timeout', '4321ms', false) $$"
+        )
+    connections["default"].close()
+    try:
+        first = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": reset})
+        _scalar(first, f"SELECT {function}()")
+        assert _scalar(first, "SHOW statement_timeout") == "4321ms"
+        pid = _scalar(first, "SELECT pg_backend_pid()")
+        first.close()
+        assert pools.registry.stats(alias)["discards"] == discards
+
+        second = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": reset})
+        assert _scalar(second, "SELECT pg_backend_pid()") == pid  # the same server connection...
+        assert _scalar(second, "SHOW statement_timeout") == seen  # ...with or without the function's SET
+        second.close()
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(f"DROP FUNCTION {function}()")
+        connections["default"].close()
+
+
 def test_aborted_transaction_is_rolled_back_before_reuse(replica_cluster):
     alias = _alias()
     table = f"t_{uuid.uuid4().hex[:8]}"
@@ -149,8 +186,9 @@ def test_aborted_transaction_is_rolled_back_before_reuse(replica_cluster):
     first.set_autocommit(False)
     with first.cursor() as cursor:
         cursor.execute(f"INSERT INTO {table} VALUES (1)")
-        with pytest.raises(Exception, match="division by zero"):
+        with pytest.raises(DataError, match="division by zero") as excinfo:
             cursor.execute("SELECT 1/0")
+        assert isinstance(excinfo.value.__cause__, psycopg2.errors.DivisionByZero)
     first.close()  # returned with an aborted, uncommitted transaction
 
     second = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0})

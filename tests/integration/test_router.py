@@ -12,8 +12,10 @@ from django.db import connections, transaction
 from django.db.models.expressions import RawSQL
 from django.test import AsyncClient, Client, override_settings
 
-from replicarouter import health, request_context, use_primary, use_replica
+from replicarouter import health, request_context, stats, sticky, use_primary, use_replica
 from replicarouter.health import monitor
+from replicarouter.health.probe import lsn_to_int
+from replicarouter.router import ReplicaRouter
 from replicarouter.testing.base import wait_for
 from tests.testapp.models import Item
 
@@ -245,15 +247,77 @@ def test_async_view_through_the_asgi_handler(ports):
     assert reads(ports, 1)[0].startswith("replica")
 
 
-def test_no_usable_replica_means_primary(ports, replica_cluster):
+def test_cluster_without_replicas_reads_from_the_primary(ports, replica_cluster):
     clusters = {"default": {"PRIMARY": "default", "REPLICAS": []}}
     with override_settings(REPLICAROUTER=_replicarouter(replica_cluster, CLUSTERS=clusters)):
         assert reads(ports, 3) == ["default"] * 3
 
 
-def test_migrations_run_on_the_primary_only(replica_cluster):
-    from replicarouter.router import ReplicaRouter
+def _routed_reads() -> dict[tuple[str, ...], int]:
+    return stats.values("reads_routed")
 
+
+def test_no_usable_replica_means_primary(ports, replica_cluster):
+    """Bug guarded: the router's last step ``return choice or primary`` made ``return choice``.
+
+    Two replicas configured, both paused behind a write with MAX_LAG_BYTES = 1, so the monitor finds
+    neither usable. The router must name the primary: answering None leaves the choice to Django, whose
+    fallback happens to be "default" here, so the served port alone would not show it; the routing
+    decisions (reads_routed) and the router's answer do. Reads through a request must not fail either.
+    """
+    with override_settings(REPLICAROUTER=_replicarouter(replica_cluster, MAX_LAG_BYTES=1)):
+        replica_cluster.pause_replay("replica1")
+        replica_cluster.pause_replay("replica2")
+        try:
+            with request_context():
+                Item.objects.create(name="ahead of both")
+            wait_for("no replica usable", lambda: not health.usable_replicas("default"), timeout=10)
+            before = _routed_reads()
+            with request_context():
+                assert ReplicaRouter().db_for_read(Item) == "default"
+                assert [served_by(ports) for _ in range(4)] == ["default"] * 4
+            response = Client().get("/load/read/")  # through the middleware, with sticky state
+            assert response.status_code == 200
+            assert ports[response.json()["port"]] == "default"
+            after = _routed_reads()
+            assert health.usable_replicas("default") == frozenset()  # the whole time
+        finally:
+            replica_cluster.resume_replay("replica1")
+            replica_cluster.resume_replay("replica2")
+    routed = {labels: n - before.get(labels, 0) for labels, n in after.items() if n != before.get(labels, 0)}
+    assert routed == {("default", "default"): 6}
+
+
+@pytest.mark.parametrize("lock", ["share", "key-share"])
+def test_raw_select_for_share_counts_as_a_write(ports, replica_cluster, lock):
+    """Bug guarded: ``FOR SHARE`` / ``FOR KEY SHARE`` dropped from the locking-clause detection.
+
+    A raw ``SELECT … FOR SHARE`` locks rows on the primary (it writes WAL) like ``FOR UPDATE`` does: the
+    request's later reads go to the primary, and the session becomes sticky: its cookie carries a
+    position no (paused) replica has, and its next request reads from the primary.
+    """
+    seed = Item.objects.using("default").order_by("pk").values_list("pk", flat=True).first()
+    client = Client()
+    replica_cluster.pause_replay("replica1")
+    replica_cluster.pause_replay("replica2")
+    try:
+        response = client.get("/lock-then-read/", {"id": seed, "lock": lock})
+        assert response.status_code == 200
+        assert ports[response.json()["after"]] == "default"
+        cookie = client.cookies.get(sticky.COOKIE_NAME)
+        position = sticky.decode_cookie(cookie.value if cookie else None, "lsn", 60).get("default")
+        assert position is not None
+        for replica in ("replica1", "replica2"):
+            assert position > lsn_to_int(replica_cluster.replay_lsn(replica))
+        assert health.usable_replicas("default") == {"replica1", "replica2"}  # paused within MAX_LAG
+        again = client.get("/sticky/read/", {"id": seed}).json()
+        assert again == {"found": True, "port": replica_cluster.primary.port}
+    finally:
+        replica_cluster.resume_replay("replica1")
+        replica_cluster.resume_replay("replica2")
+
+
+def test_migrations_run_on_the_primary_only(replica_cluster):
     router = ReplicaRouter()
     assert router.allow_migrate("default", "testapp") is True
     assert router.allow_migrate("replica1", "testapp") is False

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 
 import pytest
 from django.contrib.auth.models import User
+from django.core import signing
 from django.test import Client, override_settings
 
 from replicarouter import capture_position, health, read_after, request_context, stats, sticky, stickystore
@@ -74,7 +76,14 @@ def test_reads_return_to_replicas_once_they_caught_up(replica_cluster, routing):
 
     roles = _roles(replica_cluster)
     client = Client()
+    _write(client, "opens the session")  # a session has no key (nothing in Redis) until its first response
     item_id = _write(client)
+    key_pattern = f"{routing['KEY_PREFIX']}:sticky:default:*"
+    r = redis.Redis.from_url(replica_cluster.redis_url)
+    try:
+        assert len(list(r.scan_iter(key_pattern))) == 1  # the session's position, stored
+    finally:
+        r.close()
     replica_cluster.wait_caught_up()
     required = sticky.decode_cookie(client.cookies[sticky.COOKIE_NAME].value, "lsn", 60)["default"]
     wait_for(
@@ -85,12 +94,78 @@ def test_reads_return_to_replicas_once_they_caught_up(replica_cluster, routing):
     served = [roles[_read(client, item_id)["port"]] for _ in range(20)]
     assert served.count("replica") == 20
     # the position was released from Redis once every replica had it
-    key_pattern = f"{routing['KEY_PREFIX']}:sticky:default:*"
     r = redis.Redis.from_url(replica_cluster.redis_url)
     try:
         assert list(r.scan_iter(key_pattern)) == []
     finally:
         r.close()
+
+
+def _cookie_position(client):
+    morsel = client.cookies.get(sticky.COOKIE_NAME)
+    return sticky.decode_cookie(morsel.value if morsel else None, "lsn", 60).get("default")
+
+
+def test_one_replica_caught_up_keeps_the_session_off_the_other(replica_cluster, routing):
+    """Bug guarded: the position released when ANY usable replica has replayed it (not every one).
+
+    replica2 replays the write, replica1 (paused, within MAX_LAG: still usable) does not. Every read of
+    the session, request after request, must go to replica2 and find the write; the position must stay
+    (cookie), since released it would send the next read to replica1, which does not have the row.
+    """
+    ports = {n.name: n.port for n in replica_cluster.nodes}
+    client = Client()
+    replica_cluster.pause_replay("replica1")
+    try:
+        item_id = _write(client)
+        required = _cookie_position(client)
+        assert required is not None
+        wait_for(
+            "the snapshot to show replica2 past the write",
+            lambda: (health.positions("default").get("replica2") or 0) >= required,
+            timeout=5,
+        )
+        assert (health.positions("default").get("replica1") or 0) < required  # replica1 lacks the write
+        assert health.usable_replicas("default") == {"replica1", "replica2"}  # yet may serve reads
+        served = [_read(client, item_id) for _ in range(6)]
+        assert served == [{"found": True, "port": ports["replica2"]}] * 6
+        assert _cookie_position(client) == required  # not released: replica1 has not replayed it
+        assert health.usable_replicas("default") == {"replica1", "replica2"}  # the whole time
+    finally:
+        replica_cluster.resume_replay("replica1")
+
+
+def test_session_pinned_to_the_primary_leaves_the_rotation_alone(replica_cluster, routing):
+    """Bug guarded: the sticky branch's "no replica caught up → primary" return removed.
+
+    The read then falls through to the balancer, which finds no candidate (the primary still answers)
+    but takes a turn of the round-robin rotation: other sessions' reads stop alternating. Both replicas
+    are paused (usable, within MAX_LAG) after the pinned session's write; a bystander's reads, between
+    the pinned session's, must alternate exactly between the replicas while every pinned read is
+    answered by the primary and finds its row.
+    """
+    ports = {n.port: n.name for n in replica_cluster.nodes}
+    pinned, bystander = Client(), Client()
+    seed = Item.objects.using("default").order_by("pk").values_list("pk", flat=True).first()
+    replica_cluster.pause_replay("replica1")
+    replica_cluster.pause_replay("replica2")
+    primary_decisions = stats.total("sticky_decisions", decision="primary")
+    try:
+        item_id = _write(pinned)
+        assert health.usable_replicas("default") == {"replica1", "replica2"}
+        seen, pinned_reads = [], []
+        for _ in range(6):
+            seen.append(ports[_read(bystander, seed)["port"]])
+            pinned_reads.append(_read(pinned, item_id))
+        assert health.usable_replicas("default") == {"replica1", "replica2"}  # the whole time
+    finally:
+        replica_cluster.resume_replay("replica1")
+        replica_cluster.resume_replay("replica2")
+    primary_port = replica_cluster.primary.port
+    assert pinned_reads == [{"found": True, "port": primary_port}] * 6
+    assert stats.total("sticky_decisions", decision="primary") - primary_decisions == 6
+    assert set(seen) == {"replica1", "replica2"}
+    assert all(a != b for a, b in zip(seen, seen[1:], strict=False)), seen
 
 
 def test_position_only_moves_forward_under_concurrency(replica_cluster, routing):
@@ -113,14 +188,17 @@ def test_position_only_moves_forward_under_concurrency(replica_cluster, routing)
     assert stickystore.load(identity, ["default"]) == {"default": 1199}  # ...cannot move it back
     stickystore.release(identity, "default", 1000)  # compare-and-delete: not the stored value
     assert stickystore.load(identity, ["default"]) == {"default": 1199}
-    stickystore.release(identity, "default", 1199)
-    assert stickystore.load(identity, ["default"]) == {}
     r = redis.Redis.from_url(replica_cluster.redis_url)
     try:
-        keys = [k.decode() for k in r.scan_iter(f"{routing['KEY_PREFIX']}:sticky:*")]
+        # one key, named by the hash: never by a raw session key
+        assert [k.decode() for k in r.scan_iter(f"{routing['KEY_PREFIX']}:sticky:*")] == [
+            f"{routing['KEY_PREFIX']}:sticky:default:{identity}"
+        ]
+        stickystore.release(identity, "default", 1199)
+        assert stickystore.load(identity, ["default"]) == {}
+        assert list(r.scan_iter(f"{routing['KEY_PREFIX']}:sticky:*")) == []
     finally:
         r.close()
-    assert all(identity in k for k in keys)  # keys carry the hash, never a raw session key
 
 
 def test_user_scope_follows_the_user_across_sessions(replica_cluster, routing):
@@ -159,17 +237,34 @@ def test_signed_cookie_carries_the_position_while_redis_is_stopped(replica_clust
         replica_cluster.resume_replay("replica2")
 
 
+#: a position no replica has replayed: a cookie carrying it, if believed, pins reads to the primary
+AHEAD = 2**62
+
+
+def _tampered(value: str) -> str:
+    return value[:-1] + ("A" if value[-1] != "A" else "B")
+
+
 @pytest.mark.parametrize(
-    "cookie",
-    ["garbage", "", sticky.encode_cookie({"default": 1}, "lsn")[:-3] + "abc", "eyJtIjoibHNuIn0:forged:sig"],
-)
-def test_forged_or_malformed_cookie_is_ignored(replica_cluster, routing, cookie):
+    ("cookie", "expected"),
+    [
+        ("garbage", "replica"),
+        ("", "replica"),
+        (_tampered(sticky.encode_cookie({"default": AHEAD}, "lsn")), "replica"),
+        (signing.b64_encode(json.dumps({"m": "lsn", "p": {"default": AHEAD}}).encode()).decode() + ":x:sig",
+         "replica"),
+        # control: the same position, correctly signed, is believed (so believing a forgery would show)
+        (sticky.encode_cookie({"default": AHEAD}, "lsn"), "primary"),
+    ],
+    ids=["garbage", "empty", "bad-signature", "unsigned", "genuine"],
+)  # fmt: skip
+def test_forged_or_malformed_cookie_is_ignored(replica_cluster, routing, cookie, expected):
     roles = _roles(replica_cluster)
     client = Client()
     client.cookies[sticky.COOKIE_NAME] = cookie
     seed = Item.objects.using("default").values_list("pk", flat=True).first()
-    served = {roles[_read(client, seed)["port"]] for _ in range(4)}
-    assert served == {"replica"}
+    served = [roles[_read(client, seed)["port"]] for _ in range(4)]
+    assert served == [expected] * 4
 
 
 def test_background_job_reads_the_request_writes(replica_cluster, routing):

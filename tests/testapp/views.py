@@ -51,6 +51,19 @@ def sticky_read(request):
     return JsonResponse({"found": False, "port": port})
 
 
+LOCKS = {"share": "FOR SHARE", "key-share": "FOR KEY SHARE"}
+
+
+def lock_then_read(request):
+    """Lock a row with a raw ``SELECT … FOR SHARE`` (or ``KEY SHARE``), then read: which server answered."""
+    from django.db import connection
+
+    lock = LOCKS[request.GET["lock"]]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM testapp_item WHERE id = %s {lock}", [int(request.GET["id"])])
+    return JsonResponse({"after": _port()})
+
+
 def load_read(request):
     """A plain read (no session, no write): which server answered."""
     return JsonResponse({"port": _port()})
