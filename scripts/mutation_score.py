@@ -13,9 +13,10 @@ it renumbers them), is reported as stale so that the list stays true.
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import fnmatch
 import re
-import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -70,19 +71,34 @@ def in_scope(mutant: str, scope: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(mutant, pattern) for pattern in scope)
 
 
-def diff(mutant: str) -> str:
-    """Return the changed lines of one mutant (``mutmut show``), for a reviewer deciding to accept it."""
-    shown = subprocess.run(
-        [str(Path(sys.executable).parent / "mutmut"), "show", mutant],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    ).stdout
+def _functions(path: Path) -> dict[str, str]:
+    """Return the source of every function (methods included) in one of mutmut's mutated files, by name."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    return {
+        # the body only: the def line differs by name alone
+        node.name: "\n".join(lines[node.lineno : node.end_lineno])
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def diff(mutant: str, cache: dict[Path, dict[str, str]]) -> str:
+    """Return the lines one mutant changes (its function in mutants/ against the original copy there)."""
+    module, _, name = mutant.rpartition(".")
+    path = ROOT / "mutants" / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = path.with_suffix("") / "__init__.py"
+    if path not in cache:
+        cache[path] = _functions(path) if path.exists() else {}
+    functions = cache[path]
+    original = functions.get(name.rpartition("__mutmut_")[0] + "__mutmut_orig")
+    changed = functions.get(name)
+    if original is None or changed is None:
+        return "(source not found in mutants/)"
+    lines = difflib.unified_diff(original.splitlines(), changed.splitlines(), lineterm="", n=0)
     return "\n".join(
-        line
-        for line in shown.splitlines()
-        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+        line for line in lines if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
     )
 
 
@@ -118,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     unchecked = [m for m in living if found[m] == "not checked"]
 
     if args.list_survivors:
+        cache: dict[Path, dict[str, str]] = {}
         for mutant in unexcused:
             print(f"{mutant}  # {found[mutant]}: TODO say why it may live, or kill it")
-            for line in diff(mutant).splitlines():
+            for line in diff(mutant, cache).splitlines():
                 print(f"#   {line}")
         return 0
 
