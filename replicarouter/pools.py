@@ -8,7 +8,8 @@ Design:
   the borrower may have changed session state (``SET``, temporary tables, prepared statements, advisory
   locks, ``LISTEN``…), reset with ``DISCARD ALL``; a connection that is broken or fails its reset is
   invalidated (closed), never returned. ``RESET = "always"`` discards on every return, ``"rollback"``
-  never does.
+  never does. ``reset_plan`` decides which of these a returned connection needs (pure, unit-tested);
+  ``ConnectionPool._reset`` carries it out.
 - **Liveness.** On checkout, the idle connection's socket is polled without waiting: a server that
   terminated the backend (``pg_terminate_backend``, restart, idle timeout) has left it readable, and such
   a connection is replaced before Django sees it (about 2 µs; ``PRE_PING`` adds a real ``SELECT 1``).
@@ -121,6 +122,41 @@ def pool_settings_problems(settings: Any) -> list[str]:
             f"RESET must be one of {', '.join(map(repr, RESET_MODES))}, not {settings['RESET']!r}"
         )
     return problems
+
+
+#: libpq's transaction states (PQTransactionStatus, psycopg2.extensions.TRANSACTION_STATUS_*), named here
+#: so that this module imports psycopg2 only when a connection is made
+TRANSACTION_IDLE = 0
+TRANSACTION_ACTIVE = 1
+TRANSACTION_INTRANS = 2
+TRANSACTION_INERROR = 3
+TRANSACTION_UNKNOWN = 4
+
+
+@dataclass(frozen=True)
+class ResetPlan:
+    """What a returned connection needs before its next borrower (see ``reset_plan``)."""
+
+    #: it cannot be made clean (the server connection is lost): close it instead of pooling it
+    invalidate: bool = False
+    #: a transaction is open (or failed): roll it back
+    rollback: bool = False
+    #: clear session state with ``DISCARD ALL``
+    discard: bool = False
+
+
+def reset_plan(transaction_status: int, reset: str, dirty: bool) -> ResetPlan:
+    """Return what a returned connection needs, given its libpq transaction status and ``RESET`` mode.
+
+    ``dirty``: the borrower ran a statement that may leave session state behind (``SET``, temporary
+    tables, ``LISTEN``…). ``"auto"`` discards only then, ``"always"`` every time, ``"rollback"`` never.
+    """
+    if transaction_status == TRANSACTION_UNKNOWN:
+        return ResetPlan(invalidate=True)
+    return ResetPlan(
+        rollback=transaction_status != TRANSACTION_IDLE,
+        discard=reset == "always" or (reset == "auto" and dirty),
+    )
 
 
 @dataclass
@@ -261,18 +297,16 @@ class ConnectionPool:
 
     def _reset(self, borrowed: Borrowed) -> bool:
         """Make a returned connection clean for its next borrower; return False if it cannot be."""
-        import psycopg2.extensions as ext
-
         conn = borrowed.connection
         if conn.closed:
             return False
         try:
-            status = conn.info.transaction_status
-            if status == ext.TRANSACTION_STATUS_UNKNOWN:
+            plan = reset_plan(conn.info.transaction_status, self.options.reset, borrowed.dirty)
+            if plan.invalidate:
                 return False
-            if status != ext.TRANSACTION_STATUS_IDLE:
+            if plan.rollback:
                 conn.rollback()
-            if self.options.reset == "always" or (self.options.reset == "auto" and borrowed.dirty):
+            if plan.discard:
                 if not conn.autocommit:
                     conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
                 with conn.cursor() as cursor:

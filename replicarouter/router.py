@@ -4,7 +4,11 @@ A read goes to the primary when ``use_primary()`` is in force, when an atomic bl
 primary (reads in a transaction must see its own writes and a consistent snapshot), or when this request
 or task already wrote to the cluster; otherwise to a replica chosen by ``BALANCE`` among the usable ones,
 and to the primary when none is usable. ``use_replica()`` lifts the last two rules except inside a
-transaction that wrote. Deciding does no I/O: settings and topology are cached, state is in contextvars.
+transaction that wrote. A session with a read-your-writes position reads only from replicas that replayed
+it. The rules are ``selection.route_read``, a pure function; ``choose_read_alias`` gathers its inputs
+(routing context, health snapshot, the session's position) and acts on its answer. Settings and topology
+are cached, context and health are in memory: the only I/O is the first look at a session's stored
+position (one Redis call per request, see ``sticky``), made only when the rules get that far.
 """
 
 from __future__ import annotations
@@ -64,44 +68,36 @@ class ReplicaRouter:
         return topo.by_alias[db] is topo.cluster_for_app(app_label)
 
 
-def _sticky_candidates(cluster: Cluster, state: sticky.StickyState, usable: frozenset[str]) -> frozenset[str]:
-    """Return the replicas that may serve this session's read: those that replayed its last write."""
-    required = state.required(cluster.name)
-    if required is None:
-        return usable
-    if state.mode == "time":
-        eligible: frozenset[str] = frozenset()
-    else:
-        eligible = sticky.caught_up(usable, health.positions(cluster.name), required)
-        if eligible and eligible == usable:
-            state.release.add(cluster.name)  # every replica has it: the position can go
-    stats.incr("sticky_decisions", cluster.name, "replica" if eligible else "primary")
-    return eligible
-
-
 def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
     """Return the alias for a read on ``cluster`` given the current context (see the module docstring)."""
-    primary = cluster.primary
-    mode = context.forced_mode()
-    if mode == context.PRIMARY or not cluster.replicas:
-        return primary
-    if context.in_atomic(primary):
-        if mode != context.REPLICA or context.wrote(cluster.name):
-            return primary
-    elif mode != context.REPLICA and context.wrote(cluster.name):
-        return primary
+    forced = context.forced_mode()
+    in_atomic = context.in_atomic(cluster.primary)
+    wrote = context.wrote(cluster.name)
+    if selection.primary_only(cluster, forced, in_atomic, wrote):
+        return cluster.primary  # before starting the monitor or loading the session's position
     monitor.ensure_running()
     usable = health.usable_replicas(cluster.name)
-    if mode != context.REPLICA:
+    sticky_state: sticky.StickyState | None = None
+    required = None
+    if forced != context.REPLICA:  # use_replica() ignores the position: do not load it
         state = context.current_state()
         if state is not None and state.sticky is not None:
-            usable = _sticky_candidates(cluster, state.sticky, usable)
-            if not usable:
-                return primary
-    if balance == "round_robin":
-        choice = selection.round_robin(cluster, usable)
-    elif balance == "random":
-        choice = selection.weighted_random(cluster, usable)
-    else:
-        choice = selection.least_lag(cluster, usable, health.lag_seconds(cluster.name))
-    return choice or primary
+            sticky_state = state.sticky
+            required = sticky_state.required(cluster.name)
+    route = selection.route_read(
+        cluster,
+        balance,
+        forced=forced,
+        in_atomic=in_atomic,
+        wrote=wrote,
+        usable=usable,
+        sticky_mode=sticky_state.mode if sticky_state is not None else "lsn",
+        required=required,
+        positions=health.positions(cluster.name),
+        lag=health.lag_seconds(cluster.name),
+    )
+    if route.sticky is not None:
+        stats.incr("sticky_decisions", cluster.name, route.sticky)
+    if route.release and sticky_state is not None:
+        sticky_state.release.add(cluster.name)
+    return route.alias

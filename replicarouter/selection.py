@@ -1,8 +1,18 @@
-"""Pick the replica for a read: pure policy over a cluster and the set of usable replicas. No I/O.
+"""Decide which node serves a read: pure policy over plain inputs. No I/O.
+
+``route_read`` is the router's whole decision: a read goes to the primary when ``use_primary()`` is in
+force, when an atomic block is open on the primary (unless ``use_replica()`` is and the request has not
+written), or when this request already wrote to the cluster (unless ``use_replica()``); otherwise to a
+usable replica chosen by ``BALANCE``, restricted, when the session has a read-your-writes position, to
+the replicas that replayed it; and to the primary when none is left. The router
+(``router.choose_read_alias``) gathers the inputs and acts on the answer.
 
 ``round_robin`` walks the cluster's smooth weighted rotation (each replica ``weight`` times per cycle,
 interleaved) skipping unusable replicas; ``random`` draws by weight among usable ones; ``least_lag`` takes
 the usable replica with the smallest known lag (ties broken by the rotation). None means: use the primary.
+
+``fallback_replica`` decides lending: which replica serves the reads of a replica alias whose own server
+failed (the backend borrows the connection, and falls back to the primary when there is none).
 """
 
 from __future__ import annotations
@@ -10,7 +20,10 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Collection, Mapping
+from typing import NamedTuple
 
+from .context import PRIMARY, REPLICA
+from .sticky import caught_up
 from .topology import Cluster
 
 _counters: dict[str, itertools.count[int]] = {}
@@ -65,3 +78,83 @@ def least_lag(cluster: Cluster, usable: Collection[str] | None, lag: Mapping[str
 
 
 Policy = Callable[[Cluster, Collection[str] | None], str | None]
+
+
+class ReadRoute(NamedTuple):
+    """Where one read goes, and what the session's position decided on the way."""
+
+    alias: str
+    #: "replica" or "primary" when a read-your-writes position restricted the choice (the router counts
+    #: it as a sticky decision), None when no position applied
+    sticky: str | None = None
+    #: every usable replica replayed the session's position: the router may release it at request end
+    release: bool = False
+
+
+def primary_only(cluster: Cluster, forced: str | None, in_atomic: bool, wrote: bool) -> bool:
+    """Return whether a read must go to the primary whatever the replicas' health and positions.
+
+    ``forced`` is the innermost ``use_primary()``/``use_replica()`` mode, ``in_atomic`` whether an atomic
+    block is open on the primary, ``wrote`` whether this request or task wrote to the cluster.
+    """
+    if forced == PRIMARY or not cluster.replicas:
+        return True
+    if in_atomic:
+        # a transaction's reads must see its own writes and one snapshot; use_replica() lifts that
+        # only for a transaction that has not written
+        return forced != REPLICA or wrote
+    return forced != REPLICA and wrote
+
+
+def route_read(
+    cluster: Cluster,
+    balance: str,
+    *,
+    forced: str | None = None,
+    in_atomic: bool = False,
+    wrote: bool = False,
+    usable: frozenset[str] = frozenset(),
+    sticky_mode: str = "lsn",
+    required: int | None = None,
+    positions: Mapping[str, int | None] | None = None,
+    lag: Mapping[str, float] | None = None,
+) -> ReadRoute:
+    """Return where a read on ``cluster`` goes (see the module docstring for the rules).
+
+    ``usable`` are the replicas the health snapshot allows; ``required`` is the session's position on
+    this cluster (a WAL position, or a pin deadline when ``sticky_mode`` is ``"time"``), None when it has
+    none; ``positions`` are the replicas' replayed positions and ``lag`` their lag in seconds. A caller
+    may leave out what ``primary_only`` makes unnecessary, and the position under ``use_replica()``,
+    which ignores it.
+    """
+    primary = cluster.primary
+    if primary_only(cluster, forced, in_atomic, wrote):
+        return ReadRoute(primary)
+    sticky: str | None = None
+    release = False
+    if required is not None and forced != REPLICA:
+        if sticky_mode == "time":
+            return ReadRoute(primary, "primary")  # pinned to the primary until the deadline
+        eligible = caught_up(usable, positions or {}, required)
+        if not eligible:
+            return ReadRoute(primary, "primary")
+        sticky = "replica"
+        # the position can go only when no usable replica could still serve a stale read
+        release = eligible == usable
+        usable = eligible
+    if balance == "round_robin":
+        choice = round_robin(cluster, usable)
+    elif balance == "random":
+        choice = weighted_random(cluster, usable)
+    else:
+        choice = least_lag(cluster, usable, lag or {})
+    return ReadRoute(choice or primary, sticky, release)
+
+
+def fallback_replica(cluster: Cluster, alias: str, usable: Collection[str]) -> str | None:
+    """Return the replica that lends reads of replica ``alias`` whose server failed (None: the primary).
+
+    The first other usable replica in configuration order. Only that one is tried before the primary,
+    each failed connection attempt costing up to ``CONNECT_TIMEOUT``.
+    """
+    return next((other for other in cluster.replicas if other != alias and other in usable), None)

@@ -15,7 +15,8 @@ Failover, at the connection level (so that ``atomic()``, ``using()`` and raw cur
   primary, or a replica promoted on a newer timeline. With no writer (primary down, nothing promoted)
   it raises ``PrimaryUnavailable`` at once, and a failed connection attempt becomes one too.
 - A **replica alias** that cannot connect, or that the process found broken, lends a connection to
-  another usable replica, then to the primary (in a read-only session). A read (outside any
+  another usable replica (``selection.fallback_replica`` decides which), then to the primary (in a
+  read-only session). A read (outside any
   transaction, client-side cursor, not a write) whose connection breaks or is cut by the read-timeout
   watchdog is run again once on such a fallback connection, and then on the primary, before the caller
   saw any row: psycopg2's client-side cursors fetch the whole result in ``execute()``.
@@ -31,7 +32,7 @@ from typing import Any
 import psycopg2
 from django.db.backends.postgresql import base as django_base
 
-from ... import context, health, pools, statements, stats, watchdog
+from ... import context, health, pools, selection, statements, stats, watchdog
 from ...conf import settings, topology
 from ...exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable
 from ...topology import Cluster
@@ -357,22 +358,22 @@ def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Bo
     from django.db import connections
 
     failures = [f"{alias}: {_first_line(error) if error else 'found broken by an earlier request'}"]
-    others = [a for a in cluster.replicas if a != alias and a in health.usable_replicas(cluster.name)]
-    for other in others[:1]:
+    other = selection.fallback_replica(cluster, alias, health.usable_replicas(cluster.name))
+    if other is not None:
         wrapper: DatabaseWrapper = connections[other]
         try:
             borrowed: pools.Borrowed = wrapper.connection_pool(wrapper.get_connection_params()).checkout()
         except psycopg2.OperationalError as exc:
             health.suspect(cluster.name, other)
             failures.append(f"{other}: {_first_line(exc)}")
-            continue
-        stats.incr("read_fallbacks", alias)
-        logger.warning(
-            "replica %s unavailable (%s): its reads go to %s",
-            alias, failures[0], other,
-            extra={"replicarouter_node": alias, "replicarouter_event": "read_fallback"},
-        )  # fmt: skip
-        return borrowed
+        else:
+            stats.incr("read_fallbacks", alias)
+            logger.warning(
+                "replica %s unavailable (%s): its reads go to %s",
+                alias, failures[0], other,
+                extra={"replicarouter_node": alias, "replicarouter_event": "read_fallback"},
+            )  # fmt: skip
+            return borrowed
     primary: DatabaseWrapper = connections[cluster.primary]
     borrowed = primary._borrow_primary(
         cluster,

@@ -1,0 +1,59 @@
+"""The pool's reset decision without servers: what a returned connection needs before it is lent again."""
+
+from __future__ import annotations
+
+import psycopg2.extensions as ext
+import pytest
+
+from replicarouter import pools
+from replicarouter.pools import ResetPlan, reset_plan
+
+IDLE = pools.TRANSACTION_IDLE
+OPEN = [pools.TRANSACTION_ACTIVE, pools.TRANSACTION_INTRANS, pools.TRANSACTION_INERROR]
+
+
+def test_transaction_states_are_libpqs():
+    assert (
+        pools.TRANSACTION_IDLE,
+        pools.TRANSACTION_ACTIVE,
+        pools.TRANSACTION_INTRANS,
+        pools.TRANSACTION_INERROR,
+        pools.TRANSACTION_UNKNOWN,
+    ) == (
+        ext.TRANSACTION_STATUS_IDLE,
+        ext.TRANSACTION_STATUS_ACTIVE,
+        ext.TRANSACTION_STATUS_INTRANS,
+        ext.TRANSACTION_STATUS_INERROR,
+        ext.TRANSACTION_STATUS_UNKNOWN,
+    )
+
+
+@pytest.mark.parametrize("reset", pools.RESET_MODES)
+@pytest.mark.parametrize("dirty", [False, True])
+def test_a_lost_connection_is_invalidated_whatever_the_mode(reset, dirty):
+    assert reset_plan(pools.TRANSACTION_UNKNOWN, reset, dirty) == ResetPlan(invalidate=True)
+
+
+@pytest.mark.parametrize(
+    ("reset", "dirty", "discard"),
+    [
+        ("auto", False, False),  # a clean borrower: rolling back is enough
+        ("auto", True, True),  # SET, temp tables, LISTEN...: DISCARD ALL
+        ("always", False, True),  # discards even after a clean borrower
+        ("always", True, True),
+        ("rollback", False, False),  # never discards
+        ("rollback", True, False),
+    ],
+)
+@pytest.mark.parametrize("status", [IDLE, *OPEN])
+def test_reset_plan(status, reset, dirty, discard):
+    expected = ResetPlan(invalidate=False, rollback=status != IDLE, discard=discard)
+    assert reset_plan(status, reset, dirty) == expected
+
+
+def test_an_idle_clean_connection_under_auto_needs_nothing():
+    assert reset_plan(IDLE, "auto", False) == ResetPlan(False, False, False)
+
+
+def test_always_discards_an_idle_clean_connection():
+    assert reset_plan(IDLE, "always", False) == ResetPlan(invalidate=False, rollback=False, discard=True)
