@@ -18,6 +18,7 @@ failed (the backend borrows the connection, and falls back to the primary when t
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
@@ -70,10 +71,10 @@ def least_lag(cluster: Cluster, usable: Collection[str] | None, lag: Mapping[str
     candidates = [a for a in cluster.replicas if usable is None or a in usable]
     if not candidates:
         return None
-    best = min(lag.get(a, float("inf")) for a in candidates)
-    if best == float("inf"):
+    best = min(lag.get(a, math.inf) for a in candidates)
+    if best == math.inf:
         return round_robin(cluster, usable)
-    tied = {a for a in candidates if lag.get(a, float("inf")) == best}
+    tied = {a for a in candidates if lag.get(a, math.inf) == best}
     return round_robin(cluster, tied) if len(tied) > 1 else tied.pop()
 
 

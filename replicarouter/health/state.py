@@ -162,7 +162,7 @@ def measure_lag(
         return lag_bytes, max(0.0, now - since)
     # behind since before what we remember (or no memory: a one-off probe): the replay timestamp is the
     # best bound we have
-    replay_age = result.replay_age if result.replay_age is not None else None
+    replay_age = result.replay_age
     if since is not None:
         replay_age = max(replay_age or 0.0, now - since)
     return lag_bytes, replay_age
