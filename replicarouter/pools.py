@@ -145,17 +145,18 @@ class ResetPlan:
     discard: bool = False
 
 
-def reset_plan(transaction_status: int, reset: str, dirty: bool) -> ResetPlan:
+def reset_plan(transaction_status: int, reset: str, dirty: bool, tainted: bool = False) -> ResetPlan:
     """Return what a returned connection needs, given its libpq transaction status and ``RESET`` mode.
 
     ``dirty``: the borrower ran a statement that may leave session state behind (``SET``, temporary
     tables, ``LISTEN``…). ``"auto"`` discards only then, ``"always"`` every time, ``"rollback"`` never.
+    ``tainted``: replicarouter left session state itself (see ``Borrowed.tainted``): discarded always.
     """
     if transaction_status == TRANSACTION_UNKNOWN:
         return ResetPlan(invalidate=True)
     return ResetPlan(
         rollback=transaction_status != TRANSACTION_IDLE,
-        discard=reset == "always" or (reset == "auto" and dirty),
+        discard=tainted or reset == "always" or (reset == "auto" and dirty),
     )
 
 
@@ -186,6 +187,9 @@ class Borrowed:
     pool: ConnectionPool
     fairy: Any  # sqlalchemy.pool.PoolProxiedConnection
     dirty: bool = False
+    #: replicarouter itself left session state on it (a primary lent read-only for replica reads):
+    #: discarded on return whatever ``RESET`` says, since ``"rollback"`` trusts only the borrower
+    tainted: bool = False
     lease: _Lease | None = None  # only kept when LEAK_WARNING is set
 
     @property
@@ -301,7 +305,9 @@ class ConnectionPool:
         if conn.closed:
             return False
         try:
-            plan = reset_plan(conn.info.transaction_status, self.options.reset, borrowed.dirty)
+            plan = reset_plan(
+                conn.info.transaction_status, self.options.reset, borrowed.dirty, borrowed.tainted
+            )
             if plan.invalidate:
                 return False
             if plan.rollback:

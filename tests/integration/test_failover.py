@@ -353,3 +353,44 @@ def test_connection_handed_back_to_an_excluded_replica_is_closed(replica_cluster
     finally:
         release.set()
         thread.join(5)
+
+
+def test_primary_lent_for_replica_reads_goes_back_writable_under_reset_rollback(
+    replica_cluster, routing, caplog
+):
+    """Fault: both replicas stopped, the primary's POOL has RESET = "rollback" → a read of replica1 is lent
+    a primary connection (made read-only for it); back in the primary's pool it takes writes again.
+
+    Bug guarded: the read-only setting was undone only by the DISCARD ALL that RESET = "auto" runs for a
+    dirty borrower, so under "rollback" the next write on that connection failed (read-only transaction).
+    """
+    primary = connections["default"]
+    saved = primary.settings_dict.get("POOL")
+    primary.close()
+    pools.registry.dispose()
+    primary.settings_dict["POOL"] = {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": "rollback"}
+    try:
+        replica_cluster.stop("replica1", "fast")
+        replica_cluster.stop("replica2", "fast")
+        with request_context():
+            Item.objects.create(name="before")
+        primary.close()  # its one connection back in the pool, for the replica read to be lent
+        with request_context():
+            names = list(Item.objects.using("replica1").values_list("name", flat=True))
+            with connections["replica1"].cursor() as cursor:
+                cursor.execute("SELECT inet_server_port()")
+                served_by = cursor.fetchone()[0]
+        connections["replica1"].close()
+        assert "before" in names
+        assert served_by == replica_cluster.primary.port
+        assert any("reads of replica1 go to the primary" in m for m in caplog.messages), caplog.messages[-10:]
+        with request_context():  # the same server connection (SIZE 1): writable again
+            Item.objects.create(name="after")
+            with primary.cursor() as cursor:
+                cursor.execute("SHOW default_transaction_read_only")
+                assert cursor.fetchone()[0] == "off"
+        assert Item.objects.using("default").filter(name="after").count() == 1
+    finally:
+        primary.close()
+        pools.registry.dispose()
+        primary.settings_dict["POOL"] = saved

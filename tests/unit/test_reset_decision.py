@@ -57,3 +57,12 @@ def test_an_idle_clean_connection_under_auto_needs_nothing():
 
 def test_always_discards_an_idle_clean_connection():
     assert reset_plan(IDLE, "always", False) == ResetPlan(invalidate=False, rollback=False, discard=True)
+
+
+@pytest.mark.parametrize("reset", pools.RESET_MODES)
+@pytest.mark.parametrize("dirty", [False, True])
+@pytest.mark.parametrize("status", [IDLE, *OPEN])
+def test_state_replicarouter_left_is_discarded_whatever_the_mode(status, reset, dirty):
+    """A primary connection lent read-only for replica reads must not go back read-only (RESET=rollback)."""
+    expected = ResetPlan(invalidate=False, rollback=status != IDLE, discard=True)
+    assert reset_plan(status, reset, dirty, tainted=True) == expected

@@ -387,7 +387,7 @@ def _fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Bo
             conn.autocommit = True
         with conn.cursor() as cursor:
             cursor.execute("SET default_transaction_read_only = on")
-        borrowed.dirty = True  # DISCARD ALL when it goes back
+        borrowed.tainted = True  # DISCARD ALL when it goes back, even with RESET = "rollback"
     except Exception:
         borrowed.pool.checkin(borrowed, reusable=False)
         raise
