@@ -28,7 +28,6 @@ benchmark refuses to measure a server that does not use what its variant says.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
 import importlib.util
 import itertools
@@ -56,6 +55,8 @@ sys.modules.setdefault("psycopg", None)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "pool_bench.json"
+MEASURES = ["replicarouter", ":(exclude)replicarouter/testing", "benchmarks/pool_bench.py", "benchmarks/app",
+            "benchmarks/common.py"]  # fmt: skip
 PSYCOPG3_DIR = Path(sys.prefix) / "bench-psycopg3"
 PSYCOPG3_REQUIREMENTS = ["psycopg[binary]>=3.1.8", "psycopg-pool>=3.2"]
 
@@ -652,9 +653,6 @@ def machine_info(cluster: Any) -> dict[str, Any]:
             return None
 
     wrk_out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    status = subprocess.run([*git, "status", "--porcelain", "replicarouter"], capture_output=True, text=True)
     return {
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
@@ -676,8 +674,6 @@ def machine_info(cluster: Any) -> dict[str, Any]:
         "replicarouter": version("django-replicarouter"),
         "wrk": (wrk_out.stdout + wrk_out.stderr).split("\n", 1)[0].strip(),
         "postgresql": cluster.primary.scalar("SHOW server_version"),
-        "git_head": head or None,
-        "replicarouter_uncommitted": [line[3:] for line in status.stdout.splitlines()],
     }
 
 
@@ -750,9 +746,12 @@ def main() -> int:
     rounds = max(1, args.rounds)
     iterations = 5_000 if args.quick else 20_000
 
-    psycopg3_env = ensure_tools()
     sys.path.insert(0, str(ROOT))
+    from benchmarks.common import start_measuring, write_results
     from replicarouter.testing import LocalCluster
+
+    measured = start_measuring("pool_bench", MEASURES)
+    psycopg3_env = ensure_tools()
 
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -810,8 +809,6 @@ def main() -> int:
         print(f"WARNING: wrk saw {errors} failed requests (see 'errors' per run in the JSON)")
     report = {
         "benchmark": "pool_bench (issue 3)",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "benchmarks/pool_bench.py", *sys.argv[1:]]),
         "quick": args.quick,
         "duration_s": seconds,
         "warmup_s": warmup,
@@ -842,8 +839,7 @@ def main() -> int:
         "micro": micro,
         "table": table(rows),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_results("pool_bench", measured, report, args.output)
     print(f"\nsaved {args.output} (total {report['total_wall_s']:.0f} s)")
     return 0
 
