@@ -593,25 +593,50 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
 
 
+def spread_pct(rows: list[dict[str, Any]], variants: tuple[str, ...], view: str, group: str) -> float | None:
+    """Return the larger round-to-round req/s spread (%) of ``variants`` in one set, or None."""
+    found = [
+        r.get("rps_spread_pct")
+        for r in rows
+        if r["variant"] in variants and r["view"] == view and r["group"] == group
+    ]
+    values = [v for v in found if v is not None]
+    return max(values) if len(values) == len(variants) else None
+
+
 def summary(rows: list[dict[str, Any]], micro: dict[str, Any] | None) -> tuple[list[str], dict[str, Any]]:
     """Return the ratio lines printed under the table, and the same numbers for the JSON."""
     lines: list[str] = []
     data: dict[str, Any] = {}
 
-    def line(key: str, value: float | None, target: str | None = None, passed: bool | None = None) -> None:
+    def line(
+        key: str,
+        value: float | None,
+        target: str | None = None,
+        passed: bool | None = None,
+        noise: float | None = None,
+    ) -> None:
         data[key] = None if value is None else round(value, 3)
         text = f"{key:<18}: " + ("not measured" if value is None else f"{value:.2f}")
         if target is not None and value is not None:
             text += f"   ({'meets' if passed else 'MISSES'} target {target})"
+        if value is not None and noise is not None and abs(value - 1.0) * 100 <= noise:
+            # a ratio closer to 1 than the rounds' spread says nothing about which is faster
+            text += f"; within the rounds' spread ({noise:.0f} %): no measurable difference"
         lines.append(text)
 
     for num, den, target in (("d", "b", 0.95), ("d", "c", 1.0)):
         for view, group in (("read", "plain"), ("mixed", "plain"), ("read", "TLS")):
             value = ratio(rows, num, den, view, group)
             key = f"({num})/({den}) {view}{' TLS' if group == 'TLS' else ''}"
-            line(key, value, f">= {target:.2f}", value is not None and value >= target)
+            passed = value is not None and value >= target
+            line(key, value, f">= {target:.2f}", passed, spread_pct(rows, (num, den), view, group))
     for group in ("plain", "TLS"):
-        line(f"(d)/(a) read{' TLS' if group == 'TLS' else ''}", ratio(rows, "d", "a", "read", group))
+        line(
+            f"(d)/(a) read{' TLS' if group == 'TLS' else ''}",
+            ratio(rows, "d", "a", "read", group),
+            noise=spread_pct(rows, ("d", "a"), "read", group),
+        )
     many = {r["variant"]: r for r in rows if r["group"] == f"{MANY} clients"}
     if "b" in many and "d" in many:
         b, d = many["b"], many["d"]
