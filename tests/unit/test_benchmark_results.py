@@ -157,3 +157,33 @@ def test_measuring_a_dirty_tree_is_refused(common: ModuleType, repo: Path, monke
         common.start_measuring("x_bench", MEASURES)
     monkeypatch.setenv(common.DIRTY_ENV, "1")
     assert common.start_measuring("x_bench", MEASURES)["dirty"] is True
+
+
+def test_without_a_checkout_ci_fails_instead_of_skipping(monkeypatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no git here"):
+        skip_or_fail("no git here")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(BaseException, match="CI=true: failing instead of skipping: no git here") as outcome:
+        skip_or_fail("no git here")
+    assert outcome.type is pytest.fail.Exception  # not a skip
+
+
+def test_the_docs_check_warns_about_a_stale_result(common: ModuleType, repo: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "replicarouter_bench_render", ROOT / "benchmarks" / "render.py"
+    )
+    assert spec is not None and spec.loader is not None
+    render = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = render  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(render)
+    finally:
+        del sys.modules[spec.name]
+    measured_at = run_git(repo, "rev-parse", "HEAD")
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "benchmarks" / "results" / "x_bench.json").write_text(json.dumps(result(measured_at)))
+    assert render.stale_results(repo) == []
+    commit_file(repo, "lib/core.py", "v2\n")
+    [warning] = render.stale_results(repo)
+    assert warning.startswith("benchmarks/results/x_bench.json: 1 later commit(s) changed the measured code")
