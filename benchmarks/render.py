@@ -150,18 +150,18 @@ def usage(name: str) -> str:
     return default
 
 
-def provenance(name: str, data: Mapping[str, Any]) -> str:
+def provenance(name: str, data: Mapping[str, Any], note: str = "") -> str:
     """Return the Markdown lines saying which command, commit and date a result comes from."""
     measured = data.get("measured") or {}
-    command = measured.get("command") or usage(name)
+    command = f"- **Command**: `{measured.get('command') or usage(name)}`{note}"
     if not measured.get("commit"):
-        return f"- **Command**: `{command}`\n- **Measured**: commit and date not recorded in the JSON"
+        return f"{command}\n- **Measured**: commit and date not recorded in the JSON"
     dirty = " plus uncommitted changes (dirty)" if measured.get("dirty") else ""
+    date = str(measured.get("date", "?")).replace("T", " ").removesuffix("+00:00")
     paths = ", ".join(f"`{p}`" for p in measured.get("measures", []))
     return (
-        f"- **Command**: `{command}`\n"
-        f"- **Measured**: commit `{str(measured['commit'])[:10]}`{dirty}, {measured.get('date', '?')}"
-        f" (UTC); the code it measures: {paths}"
+        f"{command}\n- **Measured**: at commit `{str(measured['commit'])[:10]}`{dirty}, {date} UTC; "
+        f"the code it measures: {paths}"
     )
 
 
@@ -263,8 +263,9 @@ def pool_bench(data: Mapping[str, Any]) -> Section:
     )
     foreign = data.get("foreign_cpu", {}).get("share_of_machine")
     when = [
-        provenance("pool_bench", data)
-        + (" (`--quick`: short rounds, for checking only)" if data.get("quick") else ""),
+        provenance(
+            "pool_bench", data, " (`--quick`: short rounds, for checking only)" if data.get("quick") else ""
+        ),
         f"- **Machine**: {machine.get('cpu_count', '?')} CPUs ({machine.get('cpu_model', '?')}), "
         f"{machine.get('memory_gb', '?')} GB; Python {machine.get('python', '?')}, Django "
         f"{machine.get('django', '?')}, psycopg2 {machine.get('psycopg2', '?')}, SQLAlchemy "
@@ -407,9 +408,8 @@ def health_bench(data: Mapping[str, Any]) -> Section:
     detection = data["detection_seconds"]
     names = {"kill": "replica killed (SIGKILL)", "freeze": "replica frozen (SIGSTOP)"}
     rows = [
-        (names.get(k, k), len(v), fmin, med, fmax)
+        (names.get(k, k), len(v), f2(min(v)), f2(statistics.median(v)), f2(max(v)))
         for k, v in detection.items()
-        for med, fmin, fmax in [spread(v, f2)]
     ]
     phase = (
         f"a random delay, uniform over one `CHECK_INTERVAL`, before each fault (seed {data['seed']}), so the "
