@@ -18,7 +18,6 @@ so recovery is counted from the restart.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -29,10 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 from django.conf import settings  # noqa: E402
 
-from benchmarks.common import configure_test_app  # noqa: E402
+from benchmarks.common import configure_test_app, start_measuring, write_results  # noqa: E402
 from benchmarks.render import CHAOS_COLUMNS  # noqa: E402
 from replicarouter.testing import LocalCluster  # noqa: E402
 
+# replicarouter/testing is measured too: its faults (kill, freeze, promote, fencing) are what runs
+MEASURES = ["replicarouter", "benchmarks/chaos_bench.py", "benchmarks/common.py", "tests/load.py",
+            "tests/testapp", "tests/urls.py"]  # fmt: skip
 HEALTH = {"CHECK_INTERVAL": 0.25, "CHECK_TIMEOUT": 0.5, "READ_TIMEOUT": 1.0}
 OFF = {"RETRY_READS": False, "READ_TIMEOUT": None}
 
@@ -72,6 +74,7 @@ def settle(cluster, seconds: float = 1.5) -> None:
 
 
 def main(seconds: float = 6.0) -> None:
+    measured = start_measuring("chaos_bench", MEASURES)
     with LocalCluster(replicas=2) as cluster:
         configure(cluster)
         from django.core.management import call_command
@@ -229,9 +232,8 @@ def main(seconds: float = 6.0) -> None:
             f"{len(on['hung_threads'])} vs {len(off['hung_threads'])} without retries/timeout; "
             f"p99 {on['p99_ms_during_fault'] / max(off['p99_ms_during_fault'], 0.1):.2f}x"
         )
-    out = ROOT / "benchmarks/results/chaos_bench.json"
-    out.write_text(
-        json.dumps({"seconds_per_fault": seconds, "settings": HEALTH, "rows": rows}, indent=2) + "\n"
+    out = write_results(
+        "chaos_bench", measured, {"seconds_per_fault": seconds, "settings": HEALTH, "rows": rows}
     )
     print(f"saved {out}")
 

@@ -5,16 +5,22 @@ Usage: .venv/bin/python benchmarks/cluster_lifecycle.py [RUNS]   (results: bench
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from replicarouter.testing import LocalCluster
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import start_measuring, write_results  # noqa: E402
+from replicarouter.testing import LocalCluster  # noqa: E402
+
+MEASURES = ["replicarouter/testing", "benchmarks/cluster_lifecycle.py", "benchmarks/common.py"]
 
 
 def main(runs: int = 5) -> None:
+    measured = start_measuring("cluster_lifecycle", MEASURES)
     ups: list[float] = []
     downs: list[float] = []
     for _ in range(runs):
@@ -27,8 +33,9 @@ def main(runs: int = 5) -> None:
     print(f"{'phase':<36} {'median s':>9} {'min s':>7} {'max s':>7}   ({runs} runs)")
     for name, values in rows.items():
         print(f"{name:<36} {statistics.median(values):>9.3f} {min(values):>7.3f} {max(values):>7.3f}")
-    out = Path(__file__).parent / "results" / "cluster_lifecycle.json"
-    out.write_text(json.dumps({"runs": runs, "up_seconds": ups, "down_seconds": downs}, indent=2) + "\n")
+    out = write_results(
+        "cluster_lifecycle", measured, {"runs": runs, "up_seconds": ups, "down_seconds": downs}
+    )
     print(f"saved {out}")
 
 

@@ -1,10 +1,14 @@
 """Health monitor: how fast a fault is detected, and how probe load grows with worker processes.
 
-Usage: .venv/bin/python benchmarks/health_bench.py   (results: benchmarks/results/health_bench.json)
+Usage: .venv/bin/python benchmarks/health_bench.py [RUNS [SEED]]   (results: benchmarks/results/)
 
 1. Detection time at the default settings (CHECK_INTERVAL 0.5 s, CHECK_TIMEOUT 0.5 s, FALL 2): from the
    moment a replica is killed (SIGKILL) or frozen (SIGSTOP) to the moment this process's router stops
-   considering it usable. Target <= 1.5 s.
+   considering it usable, RUNS times per fault (default 10). The time depends on where in the probe
+   cycle the fault lands, so each run first waits a random delay, uniform over one CHECK_INTERVAL, from
+   a seeded generator (SEED, default random; recorded in the JSON to replay a run): min/median/max
+   are then a real spread. Expected: kill between FALL - 1 and FALL intervals (0.5-1.0 s), freeze one
+   CHECK_TIMEOUT more (1.0-1.5 s). Target <= 1.5 s.
 2. Probe queries per interval with 1, 4 and 8 worker processes sharing one Redis: every worker counts the
    rounds in which it probed (one query per node each) and its rounds in all; probe queries per interval
    = all workers' probe rounds x nodes / one worker's rounds. Target: constant (one leader probes, the
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -29,7 +34,16 @@ from django.conf import settings
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import start_measuring, write_results  # noqa: E402
 from replicarouter.testing import LocalCluster, django_settings  # noqa: E402
+
+# replicarouter/testing is measured too: its kill and freeze are where each timing starts
+MEASURES = [
+    "replicarouter",
+    "benchmarks/health_bench.py",
+    "benchmarks/health_worker.py",
+    "benchmarks/common.py",
+]
 
 
 def wait(predicate, timeout=30.0):
@@ -41,11 +55,11 @@ def wait(predicate, timeout=30.0):
     return time.monotonic()
 
 
-def detection(cluster, health, fault: str, runs: int) -> list[float]:
+def detection(cluster, health, fault: str, runs: int, rng: random.Random, interval: float) -> list[float]:
     times = []
     for _ in range(runs):
         wait(lambda: health.usable_replicas("default") == {"replica1", "replica2"})
-        time.sleep(0.3)
+        time.sleep(rng.uniform(0.0, interval))  # the fault's phase in the probe cycle
         started = time.monotonic()
         if fault == "kill":
             cluster.stop("replica1", "kill")
@@ -85,7 +99,10 @@ def probe_load(cluster, workers: int, seconds: float) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(runs: int = 10, seed: int | None = None) -> None:
+    measured = start_measuring("health_bench", MEASURES)
+    seed = random.SystemRandom().randrange(2**32) if seed is None else seed
+    rng = random.Random(seed)
     with LocalCluster(replicas=2) as cluster:
         values = django_settings(cluster)
         settings.configure(INSTALLED_APPS=["replicarouter"], **values)
@@ -94,19 +111,23 @@ def main() -> None:
         from replicarouter.conf import settings as rr
         from replicarouter.health import monitor
 
-        monitor.ensure_started()
-        kill = detection(cluster, health, "kill", 5)
-        freeze = detection(cluster, health, "freeze", 5)
-        monitor.stop()
         interval = rr.CHECK_INTERVAL
+        monitor.ensure_started()
+        kill = detection(cluster, health, "kill", runs, rng, interval)
+        freeze = detection(cluster, health, "freeze", runs, rng, interval)
+        monitor.stop()
         load = [probe_load(cluster, n, 6.0) for n in (1, 4, 8)]
 
     print(
         f"defaults: CHECK_INTERVAL {rr.CHECK_INTERVAL} s, CHECK_TIMEOUT {rr.CHECK_TIMEOUT} s, FALL {rr.FALL}"
     )
-    print(f"{'fault':<22} {'median s':>9} {'max s':>7}   (5 runs; target <= 1.5 s)")
+    header = f"{'fault':<22} {'runs':>5} {'min s':>6} {'median s':>9} {'max s':>6}"
+    print(f"{header}   (seed {seed}; target <= 1.5 s)")
     for name, samples in (("replica killed", kill), ("replica frozen", freeze)):
-        print(f"{name:<22} {statistics.median(samples):>9.2f} {max(samples):>7.2f}")
+        print(
+            f"{name:<22} {len(samples):>5} {min(samples):>6.2f} {statistics.median(samples):>9.2f} "
+            f"{max(samples):>6.2f}"
+        )
     print(
         f"\n{'workers':<8} {'probe queries/interval':>23} {'per node':>9} {'probing':>8} {'vs 1 worker':>12}"
     )
@@ -117,11 +138,22 @@ def main() -> None:
             f"{row['workers']:<8} {row['probe_queries_per_interval']:>23.2f} "
             f"{row['per_node_per_interval']:>9.2f} {row['steady_probers']:>8} {ratio:>11.2f}x"
         )
-    out = ROOT / "benchmarks/results/health_bench.json"
-    out.write_text(json.dumps({"detection_seconds": {"kill": kill, "freeze": freeze}, "probe_load": load,
-                               "interval": interval}, indent=2) + "\n")  # fmt: skip
+    out = write_results(
+        "health_bench",
+        measured,
+        {
+            "interval": interval,
+            "timeout": rr.CHECK_TIMEOUT,
+            "fall": rr.FALL,
+            "seed": seed,
+            "fault_phase": "uniform over one CHECK_INTERVAL before each fault",
+            "detection_seconds": {"kill": kill, "freeze": freeze},
+            "probe_load": load,
+        },
+    )
     print(f"saved {out}")
 
 
 if __name__ == "__main__":
-    main()
+    args = sys.argv[1:]
+    main(int(args[0]) if args else 10, int(args[1]) if len(args) > 1 else None)

@@ -28,7 +28,6 @@ benchmark refuses to measure a server that does not use what its variant says.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
 import importlib.util
 import itertools
@@ -56,6 +55,8 @@ sys.modules.setdefault("psycopg", None)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "pool_bench.json"
+MEASURES = ["replicarouter", ":(exclude)replicarouter/testing", "benchmarks/pool_bench.py", "benchmarks/app",
+            "benchmarks/common.py"]  # fmt: skip
 PSYCOPG3_DIR = Path(sys.prefix) / "bench-psycopg3"
 PSYCOPG3_REQUIREMENTS = ["psycopg[binary]>=3.1.8", "psycopg-pool>=3.2"]
 
@@ -592,25 +593,50 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
 
 
+def spread_pct(rows: list[dict[str, Any]], variants: tuple[str, ...], view: str, group: str) -> float | None:
+    """Return the larger round-to-round req/s spread (%) of ``variants`` in one set, or None."""
+    found = [
+        r.get("rps_spread_pct")
+        for r in rows
+        if r["variant"] in variants and r["view"] == view and r["group"] == group
+    ]
+    values = [v for v in found if v is not None]
+    return max(values) if len(values) == len(variants) else None
+
+
 def summary(rows: list[dict[str, Any]], micro: dict[str, Any] | None) -> tuple[list[str], dict[str, Any]]:
     """Return the ratio lines printed under the table, and the same numbers for the JSON."""
     lines: list[str] = []
     data: dict[str, Any] = {}
 
-    def line(key: str, value: float | None, target: str | None = None, passed: bool | None = None) -> None:
+    def line(
+        key: str,
+        value: float | None,
+        target: str | None = None,
+        passed: bool | None = None,
+        noise: float | None = None,
+    ) -> None:
         data[key] = None if value is None else round(value, 3)
         text = f"{key:<18}: " + ("not measured" if value is None else f"{value:.2f}")
         if target is not None and value is not None:
             text += f"   ({'meets' if passed else 'MISSES'} target {target})"
+        if value is not None and noise is not None and abs(value - 1.0) * 100 <= noise:
+            # a ratio closer to 1 than the rounds' spread says nothing about which is faster
+            text += f"; within the rounds' spread ({noise:.0f} %): no measurable difference"
         lines.append(text)
 
     for num, den, target in (("d", "b", 0.95), ("d", "c", 1.0)):
         for view, group in (("read", "plain"), ("mixed", "plain"), ("read", "TLS")):
             value = ratio(rows, num, den, view, group)
             key = f"({num})/({den}) {view}{' TLS' if group == 'TLS' else ''}"
-            line(key, value, f">= {target:.2f}", value is not None and value >= target)
+            passed = value is not None and value >= target
+            line(key, value, f">= {target:.2f}", passed, spread_pct(rows, (num, den), view, group))
     for group in ("plain", "TLS"):
-        line(f"(d)/(a) read{' TLS' if group == 'TLS' else ''}", ratio(rows, "d", "a", "read", group))
+        line(
+            f"(d)/(a) read{' TLS' if group == 'TLS' else ''}",
+            ratio(rows, "d", "a", "read", group),
+            noise=spread_pct(rows, ("d", "a"), "read", group),
+        )
     many = {r["variant"]: r for r in rows if r["group"] == f"{MANY} clients"}
     if "b" in many and "d" in many:
         b, d = many["b"], many["d"]
@@ -652,9 +678,6 @@ def machine_info(cluster: Any) -> dict[str, Any]:
             return None
 
     wrk_out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    status = subprocess.run([*git, "status", "--porcelain", "replicarouter"], capture_output=True, text=True)
     return {
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
@@ -676,8 +699,6 @@ def machine_info(cluster: Any) -> dict[str, Any]:
         "replicarouter": version("django-replicarouter"),
         "wrk": (wrk_out.stdout + wrk_out.stderr).split("\n", 1)[0].strip(),
         "postgresql": cluster.primary.scalar("SHOW server_version"),
-        "git_head": head or None,
-        "replicarouter_uncommitted": [line[3:] for line in status.stdout.splitlines()],
     }
 
 
@@ -750,9 +771,12 @@ def main() -> int:
     rounds = max(1, args.rounds)
     iterations = 5_000 if args.quick else 20_000
 
-    psycopg3_env = ensure_tools()
     sys.path.insert(0, str(ROOT))
+    from benchmarks.common import start_measuring, write_results
     from replicarouter.testing import LocalCluster
+
+    measured = start_measuring("pool_bench", MEASURES)
+    psycopg3_env = ensure_tools()
 
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -810,8 +834,6 @@ def main() -> int:
         print(f"WARNING: wrk saw {errors} failed requests (see 'errors' per run in the JSON)")
     report = {
         "benchmark": "pool_bench (issue 3)",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "benchmarks/pool_bench.py", *sys.argv[1:]]),
         "quick": args.quick,
         "duration_s": seconds,
         "warmup_s": warmup,
@@ -842,8 +864,7 @@ def main() -> int:
         "micro": micro,
         "table": table(rows),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_results("pool_bench", measured, report, args.output)
     print(f"\nsaved {args.output} (total {report['total_wall_s']:.0f} s)")
     return 0
 

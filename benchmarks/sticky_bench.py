@@ -11,7 +11,6 @@ three modes run one after the other in one run, with the same random sequence.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -22,9 +21,11 @@ sys.path.insert(0, str(ROOT))
 
 from django.conf import settings  # noqa: E402
 
-from benchmarks.common import configure_test_app  # noqa: E402
+from benchmarks.common import configure_test_app, start_measuring, write_results  # noqa: E402
 from replicarouter.testing import LocalCluster  # noqa: E402
 
+MEASURES = ["replicarouter", ":(exclude)replicarouter/testing", "benchmarks/sticky_bench.py",
+            "benchmarks/common.py", "tests/testapp", "tests/urls.py"]  # fmt: skip
 SESSIONS = 20
 WRITE_SHARE = 0.05
 
@@ -77,6 +78,7 @@ def run_mode(cluster, mode: str, extra: dict, seconds: float) -> dict:
 
 
 def main(seconds: float = 10.0) -> None:
+    measured = start_measuring("sticky_bench", MEASURES)
     with LocalCluster(replicas=2) as cluster:
         configure(cluster)
         from django.core.management import call_command
@@ -112,9 +114,8 @@ def main(seconds: float = 10.0) -> None:
             f"{row['stale_reads']:>12} {ratio:>12}"
         )
     print("target: lsn >= 2x the replica share of the 15 s pin, with 0 stale reads")
-    out = ROOT / "benchmarks/results/sticky_bench.json"
-    out.write_text(
-        json.dumps({"seconds_per_mode": seconds, "replay_delay_s": 0.3, "rows": rows}, indent=2) + "\n"
+    out = write_results(
+        "sticky_bench", measured, {"seconds_per_mode": seconds, "replay_delay_s": 0.3, "rows": rows}
     )
     print(f"saved {out}")
 
