@@ -395,6 +395,7 @@ class Monitor:
                 source=source,
                 leader=leader,
                 interval=interval,
+                timeout=settings.CHECK_TIMEOUT,
                 extra={"redis": self.redis_state()},
                 active=election.active,
                 reason=election.reason,

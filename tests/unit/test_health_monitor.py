@@ -1,9 +1,12 @@
-"""The monitor's judgement of one round, without servers: what it logs when the writer changes."""
+"""The monitor's judgement of one round and how long its snapshot holds, without servers."""
 
 from __future__ import annotations
 
 import logging
+import time
 
+from replicarouter import health
+from replicarouter.health import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
 from replicarouter.health.monitor import initial_nodes, judge
 from replicarouter.health.probe import ProbeResult
 from replicarouter.health.state import Rules
@@ -52,3 +55,24 @@ def test_the_first_round_logs_no_change_of_writer(caplog):
     with caplog.at_level(logging.INFO, logger="replicarouter.health"):
         _round(initial_nodes(CLUSTER, {}), None, primary_answers=True, replica1_promoted=False)
     assert not [m for m in caplog.messages if "writes now go to" in m]
+
+
+def _aged(seconds, *, interval, timeout):
+    received = time.monotonic() - seconds
+    return Snapshot({}, frozenset({"r1"}), {}, {}, received, time.time(), "local", interval=interval,
+                    timeout=timeout)  # fmt: skip
+
+
+def test_a_round_that_uses_its_whole_probe_deadline_leaves_the_snapshot_fresh():
+    """CHECK_INTERVAL 0.2, CHECK_TIMEOUT 0.4: after a short round the next may end interval + timeout
+    later; a snapshot is stale only once STALE_INTERVALS intervals and one timeout have gone by."""
+    interval, timeout = 0.2, 0.4
+    try:
+        fresh = _aged(STALE_INTERVALS * interval + timeout / 2, interval=interval, timeout=timeout)
+        set_snapshot("unit-age", fresh)
+        assert usable_replicas("unit-age") == {"r1"}
+        old = _aged(STALE_INTERVALS * interval + timeout * 2, interval=interval, timeout=timeout)
+        set_snapshot("unit-age", old)
+        assert usable_replicas("unit-age") == frozenset()
+    finally:
+        health.clear()
