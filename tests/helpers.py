@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -47,3 +48,31 @@ def routed(cluster: Any, **replicarouter: Any) -> Iterator[dict[str, Any]]:
 def stray_threads(before: set[threading.Thread]) -> list[str]:
     """Return the threads started since ``before`` that still run (replicarouter's own daemons aside)."""
     return [t.name for t in set(threading.enumerate()) - before if not t.name.startswith("replicarouter-")]
+
+
+class RoundsOfRecords(logging.Handler):
+    """Note a monitor's round counter at each record, in the thread that logs it, as it logs it.
+
+    Timing measured in the monitor's own rounds: CPU load stretches seconds, not rounds, and a test
+    thread that polls for a state sees it late under load, while this counter is read when it happens.
+    """
+
+    def __init__(self, running: Any, logger: str = "replicarouter.health") -> None:
+        super().__init__(logging.INFO)
+        self.running = running
+        self.logger = logging.getLogger(logger)
+        self.seen: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((self.running.rounds, record.getMessage()))
+
+    def rounds(self, text: str) -> list[int]:
+        """Return the round of each record that contains ``text``."""
+        return [n for n, message in self.seen if text in message]
+
+    def __enter__(self) -> RoundsOfRecords:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)

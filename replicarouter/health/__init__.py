@@ -3,7 +3,10 @@
 The monitor (``health.monitor``, started by the router on first use in each process) refreshes it every
 ``CHECK_INTERVAL``. The router asks two questions, both answered from memory: which replicas are usable,
 and how far each lags. No snapshot yet (the monitor has not finished its first round) or a snapshot older
-than ``STALE_INTERVALS`` intervals means "unknown": no replica is usable and reads go to the primary.
+than ``STALE_INTERVALS`` intervals plus one ``CHECK_TIMEOUT`` means "unknown": no replica is usable and
+reads go to the primary. The timeout is part of it because a round may legitimately last that long (its
+probes' deadline) right after a short one: with ``CHECK_TIMEOUT`` near ``2 × CHECK_INTERVAL`` a single
+slow probe would otherwise make a healthy monitor's snapshot stale and send every read to the primary.
 Unknown lag is never zero.
 
 It also answers the backend's question "which node takes this cluster's writes?" (``write_node``):
@@ -41,6 +44,8 @@ class Snapshot:
     source: str  # "local" (probed here), "redis" (published by the leader)
     leader: str | None = None
     interval: float = 1.0
+    #: the probe deadline (``CHECK_TIMEOUT``) of the rounds that refresh it: one round may take that long
+    timeout: float = 0.0
     extra: Mapping[str, object] = field(default_factory=dict)
     #: the node that takes writes (see ``write_node``); None: no primary available
     active: str | None = None
@@ -49,10 +54,13 @@ class Snapshot:
     #: the newest timeline seen in this cluster
     timeline: int = 0
 
+    @property
+    def max_age(self) -> float:
+        """Return how old this snapshot may get before it says nothing (see the module docstring)."""
+        return STALE_INTERVALS * self.interval + self.timeout
+
     def stale(self, now: float | None = None) -> bool:
-        return (
-            now if now is not None else time.monotonic()
-        ) - self.received > STALE_INTERVALS * self.interval
+        return (now if now is not None else time.monotonic()) - self.received > self.max_age
 
 
 _snapshots: dict[str, Snapshot] = {}
@@ -64,7 +72,7 @@ _suspects: dict[tuple[str, str], float] = {}
 def usable_replicas(cluster: str) -> frozenset[str]:
     """Return the usable replicas of ``cluster`` (none while health is unknown or stale)."""
     snapshot = _snapshots.get(cluster)
-    if snapshot is None or time.monotonic() - snapshot.received > STALE_INTERVALS * snapshot.interval:
+    if snapshot is None or time.monotonic() - snapshot.received > snapshot.max_age:
         return _NOTHING
     if _suspects:
         return snapshot.usable - {alias for (name, alias) in list(_suspects) if name == cluster}

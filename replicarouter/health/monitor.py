@@ -108,6 +108,7 @@ class ClusterProbe:
             history=self.history,
             previous=previous.active if previous is not None else None,
             known_timeline=previous.timeline if previous is not None else 0,
+            elected_before=previous is not None,
         )
 
     def close(self) -> None:
@@ -124,8 +125,12 @@ def judge(
     previous: str | None = None,
     known_timeline: int = 0,
     log: bool = True,
+    elected_before: bool = False,
 ) -> tuple[dict[str, NodeHealth], Election]:
     """Return the nodes' next health and the elected writer, given one round of probe results.
+
+    A change of writer is logged when an earlier round elected one (``elected_before``; its writer,
+    ``previous``, may be None: a failover from "no primary" to a promoted replica is a change too).
 
     Lag is measured against the elected primary's position; while no primary answers, against the last
     position a primary was seen at (replicas that replayed it are as current as any readable node).
@@ -157,7 +162,7 @@ def judge(
         if log and (new.state != node.state or new.promoted != node.promoted or new.fenced != node.fenced):
             log_change(node, new, reason)
         updated[alias] = new
-    if log and election.active != previous and previous is not None:
+    if log and elected_before and election.active != previous:
         level = logging.WARNING if election.active != cluster.primary else logging.INFO
         logger.log(
             level,
@@ -390,6 +395,7 @@ class Monitor:
                 source=source,
                 leader=leader,
                 interval=interval,
+                timeout=settings.CHECK_TIMEOUT,
                 extra={"redis": self.redis_state()},
                 active=election.active,
                 reason=election.reason,

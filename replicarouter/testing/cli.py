@@ -34,6 +34,9 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: install the handler ourselves so Ctrl-C always stops ``up``.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
     kwargs: dict[str, Any] = {"replicas": args.replicas}

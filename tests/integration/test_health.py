@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import pytest
@@ -18,11 +17,12 @@ from django.test import override_settings
 
 from replicarouter import health, pools, request_context
 from replicarouter.health import monitor
-from replicarouter.health.monitor import ClusterProbe, initial_nodes
+from replicarouter.health.monitor import LEASE_INTERVALS, ClusterProbe, initial_nodes
 from replicarouter.health.state import Rules, usable
 from replicarouter.testing import django_settings
 from replicarouter.testing.base import wait_for
 from replicarouter.topology import build
+from tests.helpers import RoundsOfRecords
 from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -75,17 +75,23 @@ def ports(replica_cluster):
 
 
 def test_killed_replica_goes_down_and_comes_back(replica_cluster, fast_monitor, ports, caplog):
-    """Fault: replica killed (SIGKILL) → down within FALL intervals, no read goes there; restarted → up."""
+    """Fault: replica killed (SIGKILL) → down within FALL probe rounds, no read goes there; restarted → up."""
     for _ in range(4):
         _served(ports)
     connections_close_all()
     assert pools.registry.stats("replica1")["idle"] >= 1  # pooled connections to replica1 exist
-    with caplog.at_level(logging.INFO, logger="replicarouter.health"):
+    with (
+        RoundsOfRecords(fast_monitor) as changes,
+        caplog.at_level(logging.INFO, logger="replicarouter.health"),
+    ):
         replica_cluster.stop("replica1", "kill")
-        killed = time.monotonic()
+        killed_in = fast_monitor.rounds  # the round under way (or just done) once the port refuses
         wait_for("replica1 down", lambda: _state("replica1").state == "down", timeout=5)
-        detection = time.monotonic() - killed
-        assert detection <= (FAST["FALL"] + 1) * FAST["CHECK_INTERVAL"] + FAST["CHECK_TIMEOUT"]
+        # Detection counted in probe rounds (load stretches seconds, not rounds): the round under way at
+        # the kill may still have found replica1 answering, the FALL rounds after it fail, and the last
+        # of those marks it down; one extra failed probe would take a round more.
+        went_down = changes.rounds("node replica1: up -> down")
+        assert went_down and went_down[0] - killed_in <= FAST["FALL"], (killed_in, went_down)
         assert "replica1" not in health.usable_replicas("default")
         assert pools.registry.stats("replica1")["idle"] == 0  # excluded: its pooled connections dropped
         assert {_served(ports) for _ in range(10)} == {"replica2"}
@@ -99,14 +105,15 @@ def test_killed_replica_goes_down_and_comes_back(replica_cluster, fast_monitor, 
 
 def test_frozen_replica_does_not_stall_the_monitor(replica_cluster, fast_monitor, ports):
     """Fault: replica frozen (SIGSTOP) → every round still ends within the probe deadline; node goes down."""
-    rounds_before = fast_monitor.rounds
     fast_monitor.max_round_seconds = 0.0
     replica_cluster.freeze("replica2")
     try:
         wait_for("replica2 down", lambda: _state("replica2").state == "down", timeout=5)
         assert "no answer within 0.4 s" in _state("replica2").error
-        time.sleep(1.0)
-        assert fast_monitor.rounds - rounds_before >= 4  # the monitor kept its pace while the node hung
+        # the monitor went on while the node hung (a round stuck on it would never end)...
+        hung_from = fast_monitor.rounds
+        wait_for("four more rounds", lambda: fast_monitor.rounds - hung_from >= 4, timeout=10)
+        # ...and kept its pace: no round outlived the probe deadline
         assert fast_monitor.max_round_seconds <= FAST["CHECK_TIMEOUT"] + 0.3
         assert {_served(ports) for _ in range(6)} == {"replica1"}  # and no request hung on the frozen node
     finally:
@@ -144,17 +151,25 @@ def _worker(replica_cluster, prefix):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.cluster_settings",
            "REPLICAROUTER_TEST_SETTINGS": json.dumps(values)}  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.monitor_worker", "60"],
-        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        [sys.executable, "-m", "tests.integration.monitor_worker"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )  # fmt: skip
 
 
-def _line_after(proc, since):
-    """Return the worker's first report written after ``since`` (wall time)."""
-    while True:
-        line = json.loads(proc.stdout.readline())
-        if line["t"] >= since:
-            return line
+def _report(proc):
+    """Return the worker's monitor counters as they are now (it answers each line it reads)."""
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
+
+
+def _reports_if(procs, condition):
+    reports = [_report(p) for p in procs]
+    return reports if condition(reports) else None
+
+
+def _deltas(before, after, counter):
+    return [b[counter] - a[counter] for a, b in zip(before, after, strict=True)]
 
 
 def test_two_processes_one_leader_and_takeover(replica_cluster):
@@ -165,41 +180,50 @@ def test_two_processes_one_leader_and_takeover(replica_cluster):
     client = redis.Redis.from_url(replica_cluster.redis_url)
     procs = [_worker(replica_cluster, prefix), _worker(replica_cluster, prefix)]
     try:
-        time.sleep(1.5)  # past start-up, where a follower may probe once before any snapshot exists
-        now = time.time()
-        first = [_line_after(p, now) for p in procs]
-        time.sleep(1.0)
-        now = time.time()
-        lines = [_line_after(p, now) for p in procs]
-        probes = [b["probe_rounds"] - a["probe_rounds"] for a, b in zip(first, lines, strict=True)]
-        rounds = [b["rounds"] - a["rounds"] for a, b in zip(first, lines, strict=True)]
+        # past start-up, where a follower may probe once before any snapshot exists: one process leads,
+        # the other reads the leader's snapshot from Redis
+        first = wait_for(
+            "one leader and one follower",
+            lambda: _reports_if(procs, lambda r: sorted(str(x["source"]) for x in r) == ["leader", "redis"]),
+            timeout=30,
+        )
+        lines = wait_for(
+            "four more rounds in each process",
+            lambda: _reports_if(procs, lambda r: min(_deltas(first, r, "rounds")) >= 4),
+            timeout=30,
+        )
+        probes, rounds = _deltas(first, lines, "probe_rounds"), _deltas(first, lines, "rounds")
         leader_index = probes.index(max(probes))
         assert min(probes) == 0, (first, lines)  # the follower never probed in the window...
         # ...while the leader probed in every round (a sample may fall mid-round: one round of slack)
         assert probes[leader_index] >= rounds[leader_index] - 1 >= 3, (first, lines)
-        assert min(rounds) >= 3  # and both kept refreshing their copy
-        probing = [lines[leader_index]]
         leader_key = f"{prefix}:health:default:leader"
-        assert client.get(leader_key).decode() == probing[0]["identity"]
+        assert client.get(leader_key).decode() == lines[leader_index]["identity"]
         follower = procs[1 - leader_index]
-        follower_probes = lines[1 - leader_index]["probe_rounds"]
+        before_kill = _report(follower)
 
         procs[leader_index].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
         wait_for(
             "the follower to take the lease",
-            lambda: (client.get(leader_key) or b"").decode() == lines[1 - leader_index]["identity"],
+            lambda: (client.get(leader_key) or b"").decode() == before_kill["identity"],
             timeout=10,
         )
-        takeover = time.monotonic() - killed
-        assert takeover <= 3 * FAST["CHECK_INTERVAL"] + 1.0  # one lease period (+ scheduling slack)
-        time.sleep(0.5)
-        later = _line_after(follower, time.time())
-        assert later["probe_rounds"] > follower_probes
+        # Counted in the follower's rounds, which load cannot shorten: the lease outlives its last renewal
+        # (before the kill) by LEASE_INTERVALS intervals; rounds start at least one interval apart, so at
+        # most LEASE_INTERVALS + 1 of them start in that time (the first may be the one in progress at
+        # the report), and the next one takes the lease.
+        took = _report(follower)["leader_rounds"][-1]
+        assert took - before_kill["rounds"] <= LEASE_INTERVALS + 2, (before_kill, took)
+        wait_for(
+            "the follower to probe",
+            lambda: _report(follower)["probe_rounds"] > before_kill["probe_rounds"],
+            timeout=10,
+        )
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
+            proc.stdin.close()
             proc.stdout.close()
         client.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -19,12 +18,13 @@ from django.core.management import call_command
 from django.db import connections
 
 from replicarouter import health, pools, stats, status
+from replicarouter.conf import settings as rr_settings
 from replicarouter.health import monitor
 from replicarouter.report import exit_code
 from replicarouter.testing import configure_django
 from replicarouter.testing.base import wait_for
 from replicarouter.testing.settings import reload_databases
-from tests.helpers import ready_for_routing, stray_threads
+from tests.helpers import RoundsOfRecords, ready_for_routing, stray_threads
 from tests.load import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -59,36 +59,60 @@ def _rows(node, ids):
     return node.scalar("SELECT count(*) FROM testapp_item WHERE id = ANY(%s)", (ids,))
 
 
+class _PromotionWatch(threading.Thread):
+    """Note the monitor's round counter when ``node`` leaves recovery; started before the fault."""
+
+    def __init__(self, node):
+        super().__init__(name="promotion-watch")
+        self.node = node
+        self.round = None
+
+    def run(self):
+        conn = self.node.connect()
+        try:
+            wait_for("the promotion", lambda: not _in_recovery(conn), timeout=60, interval=0.005)
+            self.round = monitor.running().rounds
+        finally:
+            conn.close()
+
+
+def _in_recovery(conn):
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_is_in_recovery()")
+        return cursor.fetchone()[0]
+
+
 def test_replica_promoted_writes_follow_and_nothing_is_lost(replica_cluster_factory, caplog):
-    """Fault: primary stopped, replica1 promoted under load → writes go to replica1 within one check
-    interval of the promotion, and every acknowledged write is on it afterwards."""
+    """Fault: primary stopped, replica1 promoted under load → writes go to replica1 from the first round
+    that probes it promoted, and every acknowledged write is on it afterwards."""
     caplog.set_level(logging.INFO, logger="replicarouter")
     cluster = replica_cluster_factory(replicas=2)
     counted = stats.total("failovers", cluster="default")
     with django_on(cluster):
-        promoted_at = {}
+        watch = _PromotionWatch(cluster.node("replica1"))
+        watch.start()  # before the fault: the moment of the promotion is seen, not the end of promote()
 
         def fault():
             cluster.stop(cluster.primary, "fast")
             cluster.promote("replica1")  # also points replica2 at it
 
-        def after():
-            promoted_at["t"] = time.monotonic()
-
-        report = Load(readers=3, writers=3).run(7.0, fault=fault, fault_at=1.5, after_fault=after)
+        with RoundsOfRecords(monitor.running()) as changes:
+            report = Load(readers=3, writers=3).run(7.0, fault=fault, fault_at=1.5)
+            watch.join(60)
         assert not report.hung_threads
         acknowledged = report.acknowledged_writes()
-        failovers = [m for m in caplog.messages if "writes now go to replica1" in m]
+        failovers = changes.rounds("writes now go to replica1")
         assert failovers, caplog.messages[-20:]
-        # writes succeeded on the promoted node within one interval (+ one probe) of the promotion
+        # counted in monitor rounds (load stretches seconds, not rounds): the round under way when
+        # replica1 left recovery may have probed it just before; the next one sees it promoted and elects it
+        assert watch.round is not None and failovers[0] - watch.round <= 1, (watch.round, failovers)
         resumed = [r for r in report.of("write") if r.ok and r.started > report.fault_started]
         assert resumed, report.describe()
-        first_ok = min(r.started + r.seconds for r in resumed)
-        assert first_ok - report.fault_ended < INTERVAL + TIMEOUT + 0.3, (first_ok, report.fault_ended)
         # failed writes were refused fast and said why
         failed = report.failed("write")
         assert all(r.error in ("PrimaryUnavailable", "OperationalError", "InterfaceError") for r in failed)
-        assert all(r.seconds < 2.5 for r in failed)
+        # a refusal never waited out a connection attempt (CONNECT_TIMEOUT) to the stopped primary
+        assert all(r.seconds < rr_settings.CONNECT_TIMEOUT for r in failed), report.describe(failed)
         assert not report.failed("read"), report.describe(report.of("read"))
         assert not report.stale()
         # nothing acknowledged was lost: every row is on the new primary
@@ -147,10 +171,12 @@ def test_monitor_promotes_after_promote_after(replica_cluster_factory, caplog):
         report = Load(readers=2, writers=2).run(
             7.0, fault=lambda: cluster.stop(cluster.primary, "fast"), fault_at=1.0
         )
-        assert any("promoting replica" in m for m in caplog.messages), caplog.messages[-20:]
-        # the promotion ran beside the rounds: no round outlived the snapshot (3 intervals), which would
-        # have sent every read to the dead primary
-        assert monitor.running().max_round_seconds < 3 * INTERVAL
+        promoting = [r for r in caplog.records if "promoting replica" in r.getMessage()]
+        assert promoting, caplog.messages[-20:]
+        # the promotion ran beside the rounds, in a thread of its own (a round that waited for it would
+        # let the snapshot go stale and send every read to the dead primary); checked by thread, not by
+        # how long rounds took, which load decides
+        assert {r.threadName for r in promoting} == {"replicarouter-promote"}
         writer = health.write_node("default", "default")
         assert writer in ("replica1", "replica2")
         other = cluster.node("replica2" if writer == "replica1" else "replica1")
