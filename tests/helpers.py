@@ -1,13 +1,31 @@
-"""Shared set-up of the integration tests that route through a running monitor."""
+"""Shared helpers of the tests: set-up of the integration tests that route through a running monitor,
+and loading the scripts of benchmarks/ (not a package users install) by path."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import the Python file at ``path`` as module ``name`` (for benchmarks/, which is no package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
 
 
 def ready_for_routing(cluster: Any) -> None:

@@ -10,7 +10,6 @@ skipped, except under CI=true, where it fails.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ROOT / "benchmarks" / "common.py"
@@ -39,11 +40,7 @@ def load_common() -> ModuleType:
     """Import benchmarks/common.py by path (benchmarks/ is not a package users install)."""
     if not COMMON.is_file():
         skip_or_fail("benchmarks/ is not in this source tree (an sdist)")
-    spec = importlib.util.spec_from_file_location("replicarouter_bench_common", COMMON)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(COMMON, "replicarouter_bench_common")
 
 
 @pytest.fixture(scope="module")
@@ -170,16 +167,7 @@ def test_without_a_checkout_ci_fails_instead_of_skipping(monkeypatch) -> None:
 
 
 def test_the_docs_check_warns_about_a_stale_result(common: ModuleType, repo: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "replicarouter_bench_render", ROOT / "benchmarks" / "render.py"
-    )
-    assert spec is not None and spec.loader is not None
-    render = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = render  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(render)
-    finally:
-        del sys.modules[spec.name]
+    render = load_script(ROOT / "benchmarks" / "render.py", "replicarouter_bench_render")
     measured_at = run_git(repo, "rev-parse", "HEAD")
     (repo / "benchmarks" / "results").mkdir(parents=True)
     (repo / "benchmarks" / "results" / "x_bench.json").write_text(json.dumps(result(measured_at)))

@@ -6,9 +6,7 @@ mkdocs.yml as text, so the test suite catches a setting added without documentat
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 from replicarouter.checks import CHECK_IDS
 from replicarouter.conf import DEFAULTS
 from replicarouter.pools import POOL_DEFAULTS
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -176,15 +175,7 @@ needs_benchmarks = pytest.mark.skipif(not RENDER.is_file(), reason="benchmarks/ 
 
 def load_render() -> ModuleType:
     """Import benchmarks/render.py by path (benchmarks/ is not a package users install)."""
-    spec = importlib.util.spec_from_file_location("replicarouter_docs_render", RENDER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_script(RENDER, "replicarouter_docs_render")
 
 
 @needs_benchmarks
