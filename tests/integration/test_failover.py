@@ -374,7 +374,7 @@ def test_primary_lent_for_replica_reads_goes_back_writable_under_reset_rollback(
     dirty borrower, so under "rollback" the next write on that connection failed (read-only transaction).
     """
     primary = connections["default"]
-    saved = primary.settings_dict.get("POOL")
+    saved = dict(primary.settings_dict)
     primary.close()
     pools.registry.dispose()
     primary.settings_dict["POOL"] = {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": "rollback"}
@@ -402,4 +402,5 @@ def test_primary_lent_for_replica_reads_goes_back_writable_under_reset_rollback(
     finally:
         primary.close()
         pools.registry.dispose()
-        primary.settings_dict["POOL"] = saved
+        primary.settings_dict.clear()
+        primary.settings_dict.update(saved)  # POOL as it was, absent included
