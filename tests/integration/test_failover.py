@@ -7,6 +7,7 @@ took), what was logged, and that nothing leaked: no server connection outside th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -279,12 +280,24 @@ def test_backend_terminated_mid_transaction(replica_cluster, routing):
 TIMEOUT = 0.5  # the exhausted pool's POOL['TIMEOUT']
 
 
+@contextlib.contextmanager
+def _primary_pool(**pool):
+    """Give DATABASES['default'] these POOL options inside, and its own (or none) again after."""
+    entry = settings.DATABASES["default"]
+    saved = entry.get("POOL")
+    entry["POOL"] = pool
+    try:
+        yield
+    finally:
+        if saved is None:
+            entry.pop("POOL")
+        else:
+            entry["POOL"] = saved
+
+
 def test_pool_exhausted_timely_error_then_recovery(replica_cluster, routing):
     """Fault: the primary's pool exhausted (size 2, no overflow) → the extra requests fail after TIMEOUT
     with PoolExhausted naming alias and sizes; reads on replicas go on; requests succeed again after."""
-    entry = settings.DATABASES["default"]
-    saved = entry.get("POOL")
-    entry["POOL"] = {"SIZE": 2, "MAX_OVERFLOW": 0, "TIMEOUT": TIMEOUT}
     outcomes = []
     raised = []
 
@@ -300,7 +313,7 @@ def test_pool_exhausted_timely_error_then_recovery(replica_cluster, routing):
         for thread in holders:
             thread.join(10)
 
-    try:
+    with _primary_pool(SIZE=2, MAX_OVERFLOW=0, TIMEOUT=TIMEOUT):
         report = Load(readers=3, writers=0).run(4.0, fault=fault, fault_at=1.0)
         assert sorted(o[0] for o in outcomes) == ["PoolExhausted", "PoolExhausted", "ok", "ok"], outcomes
         for kind, _seconds, message in outcomes:
@@ -317,10 +330,6 @@ def test_pool_exhausted_timely_error_then_recovery(replica_cluster, routing):
         for i in range(5):  # recovered
             request, _ = call(client(), "write", "/sticky/write/", {"name": f"after-{i}"})
             assert request.ok, request.message
-    finally:
-        entry["POOL"] = saved
-        if saved is None:
-            entry.pop("POOL")
     # the contract: a django.db OperationalError (what 503 middleware and retry decorators catch) that
     # names the alias and the sizes
     exhausted = [e for e in raised if isinstance(e, PoolExhausted)]
@@ -374,33 +383,32 @@ def test_primary_lent_for_replica_reads_goes_back_writable_under_reset_rollback(
     dirty borrower, so under "rollback" the next write on that connection failed (read-only transaction).
     """
     primary = connections["default"]
-    saved = dict(primary.settings_dict)
+    assert primary.settings_dict is settings.DATABASES["default"]  # what _primary_pool changes
     primary.close()
     pools.registry.dispose()
-    primary.settings_dict["POOL"] = {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": "rollback"}
     try:
-        replica_cluster.stop("replica1", "fast")
-        replica_cluster.stop("replica2", "fast")
-        with request_context():
-            Item.objects.create(name="before")
-        primary.close()  # its one connection back in the pool, for the replica read to be lent
-        with request_context():
-            names = list(Item.objects.using("replica1").values_list("name", flat=True))
-            with connections["replica1"].cursor() as cursor:
-                cursor.execute("SELECT inet_server_port()")
-                served_by = cursor.fetchone()[0]
-        connections["replica1"].close()
-        assert "before" in names
-        assert served_by == replica_cluster.primary.port
-        assert any("reads of replica1 go to the primary" in m for m in caplog.messages), caplog.messages[-10:]
-        with request_context():  # the same server connection (SIZE 1): writable again
-            Item.objects.create(name="after")
-            with primary.cursor() as cursor:
-                cursor.execute("SHOW default_transaction_read_only")
-                assert cursor.fetchone()[0] == "off"
-        assert Item.objects.using("default").filter(name="after").count() == 1
+        with _primary_pool(SIZE=1, MAX_OVERFLOW=0, RESET="rollback"):
+            replica_cluster.stop("replica1", "fast")
+            replica_cluster.stop("replica2", "fast")
+            with request_context():
+                Item.objects.create(name="before")
+            primary.close()  # its one connection back in the pool, for the replica read to be lent
+            with request_context():
+                names = list(Item.objects.using("replica1").values_list("name", flat=True))
+                with connections["replica1"].cursor() as cursor:
+                    cursor.execute("SELECT inet_server_port()")
+                    served_by = cursor.fetchone()[0]
+            connections["replica1"].close()
+            assert "before" in names
+            assert served_by == replica_cluster.primary.port
+            lent = [m for m in caplog.messages if "reads of replica1 go to the primary" in m]
+            assert lent, caplog.messages[-10:]
+            with request_context():  # the same server connection (SIZE 1): writable again
+                Item.objects.create(name="after")
+                with primary.cursor() as cursor:
+                    cursor.execute("SHOW default_transaction_read_only")
+                    assert cursor.fetchone()[0] == "off"
+            assert Item.objects.using("default").filter(name="after").count() == 1
     finally:
         primary.close()
         pools.registry.dispose()
-        primary.settings_dict.clear()
-        primary.settings_dict.update(saved)  # POOL as it was, absent included
