@@ -64,7 +64,7 @@ def summarise(name: str, variant: str, report, recover_from: float | None = None
 
 
 def settle(cluster, seconds: float = 1.5) -> None:
-    from replicarouter import health
+    from replicarouter.health import store as health
 
     cluster.heal()
     deadline = time.monotonic() + 15

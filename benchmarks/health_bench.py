@@ -107,9 +107,9 @@ def main(runs: int = 10, seed: int | None = None) -> None:
         values = django_settings(cluster)
         settings.configure(INSTALLED_APPS=["replicarouter"], **values)
         django.setup()
-        from replicarouter import health
         from replicarouter.conf import settings as rr
         from replicarouter.health import monitor
+        from replicarouter.health import store as health
 
         interval = rr.CHECK_INTERVAL
         monitor.ensure_started()

@@ -75,9 +75,11 @@ def main(rounds: int = 5) -> None:
         django.setup()
         from django.contrib.auth.models import User
 
-        from replicarouter import context, health, request_context, use_primary
+        from replicarouter import request_context, use_primary
         from replicarouter.health import monitor
-        from replicarouter.router import ReplicaRouter
+        from replicarouter.health import store as health
+        from replicarouter.routing import context
+        from replicarouter.routing.router import ReplicaRouter
 
         replicas = {r.name for r in cluster.replicas}
         monitor.ensure_started()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .context import request_context, use_primary, use_replica
+from replicarouter.routing.context import request_context, use_primary, use_replica
+
 from .exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable, ReplicaRouterError
-from .stickystore import capture_position, read_after
+from .sticky.handoff import capture_position, read_after
 
 __version__ = "0.1.0"
 
@@ -39,7 +40,7 @@ def pool_stats(alias: str | None = None) -> dict[str, dict[str, Any]]:
     from django.conf import settings
 
     from .checks import uses_pooled_backend
-    from .pools import registry
+    from .pool import registry
 
     aliases = [a for a, entry in settings.DATABASES.items() if uses_pooled_backend(entry)]
     return {a: registry.stats(a) for a in aliases if alias is None or a == alias}
@@ -47,6 +48,6 @@ def pool_stats(alias: str | None = None) -> dict[str, dict[str, Any]]:
 
 def status(cluster: str | None = None) -> dict[str, Any]:
     """Return what ``manage.py replicastatus --json`` prints: every node's role, state, lag and pool use."""
-    from .report import status as _status
+    from replicarouter.observability.report import status as _status
 
     return _status(cluster)

@@ -11,6 +11,6 @@ class ReplicaRouterConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
-        from .tasks import connect_celery
+        from .routing.tasks import connect_celery
 
         connect_celery()

@@ -19,9 +19,10 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
+from replicarouter.routing.topology import build as build_topology
+
 from .conf import settings_problems
-from .pools import POOL_DEFAULTS, pool_settings_problems
-from .topology import build as build_topology
+from .pool import POOL_DEFAULTS, pool_settings_problems
 
 ENGINE = "replicarouter.backends.postgresql"
 

@@ -14,8 +14,8 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 
-from . import topology as topology_module
 from .exceptions import ConfigurationError
+from .routing import topology as topology_module
 
 DEFAULTS: dict[str, Any] = {
     "CLUSTERS": None,

@@ -174,8 +174,9 @@ def check_routing(cluster: Any) -> None:
     from django.contrib.auth.models import Group
     from django.db import connections
 
-    from replicarouter import health, request_context
+    from replicarouter import request_context
     from replicarouter.health import monitor
+    from replicarouter.health import store as health
     from replicarouter.testing.base import wait_for
 
     monitor.ensure_started()
@@ -245,7 +246,7 @@ def check_metrics() -> str:
         return "absent"
     from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-    from replicarouter import metrics
+    from replicarouter.observability import metrics
 
     if callable(getattr(metrics, "register", None)):
         registry = CollectorRegistry()

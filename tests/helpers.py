@@ -30,8 +30,9 @@ def load_script(path: Path, name: str) -> ModuleType:
 
 def ready_for_routing(cluster: Any) -> None:
     """Start the monitor, wait until both replicas are usable, seed one row and wait for replication."""
-    from replicarouter import health, request_context
+    from replicarouter import request_context
     from replicarouter.health import monitor
+    from replicarouter.health import store as health
     from replicarouter.testing.base import wait_for
     from tests.testapp.models import Item
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from replicarouter.metrics import metrics_view
+from replicarouter.observability.metrics import metrics_view
 from tests.testapp import views
 
 urlpatterns = [

@@ -52,7 +52,7 @@ def info(request: HttpRequest) -> JsonResponse:
         "vendor_pool": bool(getattr(connection, "pool", None)),
     }
     if connection.settings_dict["ENGINE"] == "replicarouter.backends.postgresql":
-        from replicarouter import pools
+        from replicarouter import pool as pools
 
         data["pool_stats"] = pools.registry.stats(connection.alias)
     return JsonResponse(data)

@@ -12,6 +12,6 @@ urlpatterns = [
     path("healthz", views.healthz),
 ]
 if settings.METRICS:
-    from replicarouter.metrics import metrics_view
+    from replicarouter.observability.metrics import metrics_view
 
     urlpatterns.append(path("metrics", metrics_view))

@@ -11,7 +11,7 @@ from django.db.models import Count
 from django.http import Http404, HttpRequest, JsonResponse
 
 from replicarouter import status, use_replica
-from replicarouter.report import exit_code
+from replicarouter.observability.report import exit_code
 
 from .models import Note, Notebook, Tag
 

@@ -21,10 +21,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .. import stats
-from ..topology import Cluster
+from replicarouter.observability import stats
+from replicarouter.routing.topology import Cluster
+
 from .probe import connection_params
-from .state import NodeHealth
+from .rules import NodeHealth
 
 logger = logging.getLogger("replicarouter.health")
 

@@ -31,12 +31,14 @@ import uuid
 from dataclasses import asdict, replace
 from typing import Any
 
-from .. import pools, stats
-from ..conf import settings, topology
-from ..topology import Cluster
-from . import Snapshot, clear, set_snapshot, snapshot
+from replicarouter import pool as pools
+from replicarouter.conf import settings, topology
+from replicarouter.observability import stats
+from replicarouter.routing.topology import Cluster
+
 from .probe import Prober, ProbeResult, connection_params
-from .state import Election, NodeHealth, PrimaryHistory, Rules, elect, next_health, usable
+from .rules import Election, NodeHealth, PrimaryHistory, Rules, elect, next_health, usable
+from .store import Snapshot, clear, set_snapshot, snapshot
 
 logger = logging.getLogger("replicarouter.health")
 

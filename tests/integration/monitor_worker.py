@@ -16,8 +16,8 @@ import django
 
 django.setup()
 
-from replicarouter import health  # noqa: E402
 from replicarouter.health import monitor  # noqa: E402
+from replicarouter.health import store as health  # noqa: E402
 
 leader_rounds: list[int] = []
 

@@ -18,10 +18,13 @@ from django.conf import settings
 from django.db import OperationalError, connections
 from django.test import override_settings
 
-from replicarouter import PoolExhausted, PrimaryUnavailable, health, pools, request_context, stats, status
+from replicarouter import PoolExhausted, PrimaryUnavailable, request_context, status
+from replicarouter import pool as pools
 from replicarouter.conf import settings as rr_settings
 from replicarouter.health import monitor
-from replicarouter.report import exit_code
+from replicarouter.health import store as health
+from replicarouter.observability import stats
+from replicarouter.observability.report import exit_code
 from replicarouter.testing.base import wait_for
 from tests.helpers import routed, stray_threads
 from tests.load import Load, call, client

@@ -15,13 +15,15 @@ import pytest
 from django.db.models.expressions import RawSQL
 from django.test import override_settings
 
-from replicarouter import health, pools, request_context
+from replicarouter import pool as pools
+from replicarouter import request_context
 from replicarouter.health import monitor
+from replicarouter.health import store as health
 from replicarouter.health.monitor import LEASE_INTERVALS, ClusterProbe, initial_nodes
-from replicarouter.health.state import Rules, usable
+from replicarouter.health.rules import Rules, usable
+from replicarouter.routing.topology import build
 from replicarouter.testing import django_settings
 from replicarouter.testing.base import wait_for
-from replicarouter.topology import build
 from tests.helpers import RoundsOfRecords
 from tests.testapp.models import Item
 

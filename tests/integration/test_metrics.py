@@ -10,8 +10,10 @@ from django.db import connections
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from replicarouter import __version__, health, pool_stats, request_context, stats
-from replicarouter.metrics import METRIC_NAMES
+from replicarouter import __version__, pool_stats, request_context
+from replicarouter.health import store as health
+from replicarouter.observability import stats
+from replicarouter.observability.metrics import METRIC_NAMES
 from replicarouter.testing.base import wait_for
 from tests.helpers import routed
 from tests.testapp.models import Item
@@ -140,7 +142,7 @@ def test_replica_killed_shows_down_and_counts_the_fallback(replica_cluster, rout
     """Fault: replica1 killed → its explicit read served elsewhere, counted as a fallback, reported down."""
     replica_cluster.stop("replica1", "kill")
     connections["replica1"].close()
-    from replicarouter import pools
+    from replicarouter import pool as pools
 
     pools.registry.dispose("replica1")
     before = stats.total("read_fallbacks", alias="replica1")

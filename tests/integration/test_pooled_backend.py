@@ -17,7 +17,7 @@ import pytest
 from django.core.signals import request_finished, request_started
 from django.db import DataError, OperationalError, connections
 
-from replicarouter import pools
+from replicarouter import pool as pools
 from replicarouter.backends.postgresql.base import DatabaseWrapper
 from replicarouter.exceptions import PoolExhausted
 from replicarouter.testing.base import wait_for

@@ -17,10 +17,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
 
-from replicarouter import health, pools, stats, status
+from replicarouter import pool as pools
+from replicarouter import status
 from replicarouter.conf import settings as rr_settings
 from replicarouter.health import monitor
-from replicarouter.report import exit_code
+from replicarouter.health import store as health
+from replicarouter.observability import stats
+from replicarouter.observability.report import exit_code
 from replicarouter.testing import configure_django
 from replicarouter.testing.base import wait_for
 from replicarouter.testing.settings import reload_databases

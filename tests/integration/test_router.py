@@ -12,10 +12,13 @@ from django.db import connections, transaction
 from django.db.models.expressions import RawSQL
 from django.test import AsyncClient, Client, override_settings
 
-from replicarouter import health, request_context, stats, sticky, use_primary, use_replica
+from replicarouter import request_context, use_primary, use_replica
 from replicarouter.health import monitor
+from replicarouter.health import store as health
 from replicarouter.health.probe import lsn_to_int
-from replicarouter.router import ReplicaRouter
+from replicarouter.observability import stats
+from replicarouter.routing.router import ReplicaRouter
+from replicarouter.sticky import policy as sticky
 from replicarouter.testing.base import wait_for
 from tests.testapp.models import Item
 

@@ -11,7 +11,11 @@ from django.contrib.auth.models import User
 from django.core import signing
 from django.test import Client, override_settings
 
-from replicarouter import capture_position, health, read_after, request_context, stats, sticky, stickystore
+from replicarouter import capture_position, read_after, request_context
+from replicarouter.health import store as health
+from replicarouter.observability import stats
+from replicarouter.sticky import policy as sticky
+from replicarouter.sticky import store as stickystore
 from replicarouter.testing.base import wait_for
 from tests.helpers import routed
 from tests.testapp.models import Item

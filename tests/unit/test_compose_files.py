@@ -33,7 +33,7 @@ def dashboard() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def metric_names() -> frozenset[str]:
-    from replicarouter.metrics import METRIC_NAMES
+    from replicarouter.observability.metrics import METRIC_NAMES
 
     return METRIC_NAMES
 

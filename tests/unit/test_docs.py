@@ -15,7 +15,7 @@ import pytest
 
 from replicarouter.checks import CHECK_IDS
 from replicarouter.conf import DEFAULTS
-from replicarouter.pools import POOL_DEFAULTS
+from replicarouter.pool import POOL_DEFAULTS
 from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]

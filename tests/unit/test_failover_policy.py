@@ -7,13 +7,13 @@ import socket
 import threading
 import time
 
-from replicarouter import health
-from replicarouter.health import Snapshot, set_snapshot
+from replicarouter.backends.watchdog import Watchdog
+from replicarouter.health import store as health
 from replicarouter.health.failover import candidate
-from replicarouter.health.state import NodeHealth, elect
-from replicarouter.report import exit_code
-from replicarouter.topology import Cluster
-from replicarouter.watchdog import Watchdog
+from replicarouter.health.rules import NodeHealth, elect
+from replicarouter.health.store import Snapshot, set_snapshot
+from replicarouter.observability.report import exit_code
+from replicarouter.routing.topology import Cluster
 
 NONE: frozenset[str] = frozenset()
 
@@ -175,7 +175,7 @@ def test_status_stays_a_function_after_every_submodule_is_imported():
 
 
 def test_elections_state_every_field():
-    from replicarouter.health.state import Election
+    from replicarouter.health.rules import Election
 
     assert elect("default", {}, previous=None, known_timeline=0, unreachable=NONE) == Election(
         "default", NONE, 0, "default is primary (last probe did not answer)"

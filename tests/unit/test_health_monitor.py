@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from replicarouter import health
-from replicarouter.health import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
+from replicarouter.health import store as health
 from replicarouter.health.monitor import initial_nodes, judge
 from replicarouter.health.probe import ProbeResult
-from replicarouter.health.state import Rules
-from replicarouter.topology import Cluster
+from replicarouter.health.rules import Rules
+from replicarouter.health.store import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
+from replicarouter.routing.topology import Cluster
 
 CLUSTER = Cluster("default", "default", ("replica1",))
 

@@ -6,9 +6,9 @@ import socket
 import time
 from dataclasses import replace
 
-from replicarouter.health import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
 from replicarouter.health.probe import Prober, ProbeResult, lsn_to_int
-from replicarouter.health.state import NodeHealth, PrimaryHistory, Rules, measure_lag, next_health, usable
+from replicarouter.health.rules import NodeHealth, PrimaryHistory, Rules, measure_lag, next_health, usable
+from replicarouter.health.store import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
 
 RULES = Rules(fall=2, rise=2, max_lag_seconds=5.0, max_lag_bytes=1000)
 

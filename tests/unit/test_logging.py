@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import replicarouter
-from replicarouter.logs import JSONFormatter
+from replicarouter.observability.logs import JSONFormatter
 
 PACKAGE = Path(replicarouter.__file__).parent
 

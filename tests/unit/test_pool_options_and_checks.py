@@ -9,8 +9,8 @@ from django.test import override_settings
 from replicarouter import checks
 from replicarouter.backends.postgresql.base import DatabaseWrapper
 from replicarouter.exceptions import ConfigurationError, PoolExhausted
-from replicarouter.pools import POOL_DEFAULTS, PoolOptions, pool_settings_problems
-from replicarouter.statements import changes_session_state
+from replicarouter.pool import POOL_DEFAULTS, PoolOptions, pool_settings_problems
+from replicarouter.routing.statements import changes_session_state
 
 ENGINE = "replicarouter.backends.postgresql"
 

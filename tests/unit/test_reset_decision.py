@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg2.extensions as ext
 import pytest
 
-from replicarouter import pools
-from replicarouter.pools import ResetPlan, reset_plan
+from replicarouter.pool import reset as pools
+from replicarouter.pool.options import RESET_MODES
+from replicarouter.pool.reset import ResetPlan, reset_plan
 
 IDLE = pools.TRANSACTION_IDLE
 OPEN = [pools.TRANSACTION_ACTIVE, pools.TRANSACTION_INTRANS, pools.TRANSACTION_INERROR]
@@ -28,7 +29,7 @@ def test_transaction_states_are_libpqs():
     )
 
 
-@pytest.mark.parametrize("reset", pools.RESET_MODES)
+@pytest.mark.parametrize("reset", RESET_MODES)
 @pytest.mark.parametrize("dirty", [False, True])
 def test_a_lost_connection_is_invalidated_whatever_the_mode(reset, dirty):
     assert reset_plan(pools.TRANSACTION_UNKNOWN, reset, dirty) == ResetPlan(invalidate=True)
@@ -59,7 +60,7 @@ def test_always_discards_an_idle_clean_connection():
     assert reset_plan(IDLE, "always", False) == ResetPlan(invalidate=False, rollback=False, discard=True)
 
 
-@pytest.mark.parametrize("reset", pools.RESET_MODES)
+@pytest.mark.parametrize("reset", RESET_MODES)
 @pytest.mark.parametrize("dirty", [False, True])
 @pytest.mark.parametrize("status", [IDLE, *OPEN])
 def test_state_replicarouter_left_is_discarded_whatever_the_mode(status, reset, dirty):

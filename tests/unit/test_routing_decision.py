@@ -10,12 +10,15 @@ import time
 
 import pytest
 
-from replicarouter import context, health, router, selection, stats, sticky
-from replicarouter.context import PRIMARY, REPLICA
 from replicarouter.health import monitor
-from replicarouter.health.state import NodeHealth
-from replicarouter.selection import ReadRoute, fallback_replica, primary_only, route_read
-from replicarouter.topology import Cluster, smooth_rotation
+from replicarouter.health import store as health
+from replicarouter.health.rules import NodeHealth
+from replicarouter.observability import stats
+from replicarouter.routing import context, router, selection
+from replicarouter.routing.context import PRIMARY, REPLICA
+from replicarouter.routing.selection import ReadRoute, fallback_replica, primary_only, route_read
+from replicarouter.routing.topology import Cluster, smooth_rotation
+from replicarouter.sticky import policy as sticky
 
 BALANCES = ["round_robin", "random", "least_lag"]
 

@@ -9,9 +9,10 @@ from collections import Counter
 
 import pytest
 
-from replicarouter import checks, context, selection
-from replicarouter.statements import is_write
-from replicarouter.topology import build, smooth_rotation
+from replicarouter import checks
+from replicarouter.routing import context, selection
+from replicarouter.routing.statements import is_write
+from replicarouter.routing.topology import build, smooth_rotation
 
 ENGINE = "replicarouter.backends.postgresql"
 DBS = {
@@ -252,7 +253,7 @@ def test_request_context_isolates_writes_and_restores():
 
 
 def test_task_signals_give_each_task_a_fresh_context():
-    from replicarouter import tasks
+    from replicarouter.routing import tasks
 
     def worker_thread():
         tasks.task_started(task_id="t1")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from replicarouter import selection
-from replicarouter.topology import Cluster, smooth_rotation
+from replicarouter.routing import selection
+from replicarouter.routing.topology import Cluster, smooth_rotation
 
 THREE = Cluster("three", "p", ("r1", "r2", "r3"), (1, 1, 1), (), ("r1", "r2", "r3"))
 

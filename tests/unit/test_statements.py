@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from replicarouter import statements
-from replicarouter.statements import changes_session_state, classify, is_write
+from replicarouter.routing import statements
+from replicarouter.routing.statements import changes_session_state, classify, is_write
 
 
 @pytest.fixture

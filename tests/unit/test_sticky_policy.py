@@ -6,7 +6,7 @@ import time
 
 from django.core import signing
 
-from replicarouter import sticky
+from replicarouter.sticky import policy as sticky
 
 
 def test_cookie_round_trip_and_mode():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from replicarouter.topology import ENGINE, Cluster, Problem, Topology, build, smooth_rotation
+from replicarouter.routing.topology import ENGINE, Cluster, Problem, Topology, build, smooth_rotation
 
 POOLED = {"ENGINE": ENGINE}
 DBS = {"default": POOLED, "replica1": POOLED, "replica2": POOLED}

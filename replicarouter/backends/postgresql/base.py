@@ -32,10 +32,15 @@ from typing import Any
 import psycopg2
 from django.db.backends.postgresql import base as django_base
 
-from ... import context, health, pools, selection, statements, stats, watchdog
-from ...conf import settings, topology
-from ...exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable
-from ...topology import Cluster
+from replicarouter import pool as pools
+from replicarouter.backends import watchdog
+from replicarouter.conf import settings, topology
+from replicarouter.exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable
+from replicarouter.health import store as health
+from replicarouter.observability import stats
+from replicarouter.routing import context, selection, statements
+from replicarouter.routing.topology import Cluster
+
 from .creation import DatabaseCreation
 
 logger = logging.getLogger("replicarouter.failover")

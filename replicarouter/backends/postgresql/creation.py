@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db.backends.postgresql import creation as django_creation
 
-from ... import pools
+from replicarouter import pool as pools
 
 #: settings that make a TEST MIRROR alias reach the server of the alias it mirrors
 MIRRORED_KEYS = ("NAME", "HOST", "PORT", "USER", "PASSWORD")

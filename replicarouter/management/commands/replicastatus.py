@@ -9,8 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...exceptions import ReplicaRouterError
-from ...report import EXIT_CRITICAL, EXIT_DEGRADED, exit_code, status
+from replicarouter.exceptions import ReplicaRouterError
+from replicarouter.observability.report import EXIT_CRITICAL, EXIT_DEGRADED, exit_code, status
 
 VERDICT = {0: "healthy", EXIT_DEGRADED: "DEGRADED", EXIT_CRITICAL: "CRITICAL"}
 

@@ -1,25 +1,4 @@
-"""Connection pools: one SQLAlchemy ``QueuePool`` per database alias per process.
-
-Design:
-
-- **Lifecycle.** Django's wrapper borrows a raw psycopg2 connection when it connects and gives it back
-  when Django closes it (end of request with ``CONN_MAX_AGE = 0``), so a thread holds a server
-  connection only while it works. A returned connection is rolled back if a transaction is open and, when
-  the borrower may have changed session state (``SET``, temporary tables, prepared statements, advisory
-  locks, ``LISTEN``…), reset with ``DISCARD ALL``; a connection that is broken or fails its reset is
-  invalidated (closed), never returned. ``RESET = "always"`` discards on every return, ``"rollback"``
-  never does. ``reset_plan`` decides which of these a returned connection needs (pure, unit-tested);
-  ``ConnectionPool._reset`` carries it out.
-- **Liveness.** On checkout, the idle connection's socket is polled without waiting: a server that
-  terminated the backend (``pg_terminate_backend``, restart, idle timeout) has left it readable, and such
-  a connection is replaced before Django sees it (about 2 µs; ``PRE_PING`` adds a real ``SELECT 1``).
-- **Fork safety.** Pools remember their pid. In a forked child the registry starts empty, and every
-  inherited connection's socket descriptor is pointed at ``/dev/null`` so that nothing the child does
-  (including garbage collection at exit, when libpq sends its Terminate message) can reach the parent's
-  sessions; the parent's connections keep working.
-- **Stats** per pool (size, checked out, overflow, idle, connects, waits, timeouts, invalidations) feed
-  ``replicarouter.status()`` and ``replicastatus``.
-"""
+"""``ConnectionPool``: one SQLAlchemy ``QueuePool`` of one alias, lending connections to Django wrappers."""
 
 from __future__ import annotations
 
@@ -29,7 +8,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,127 +16,12 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-from .exceptions import ConfigurationError, PoolExhausted
+from replicarouter.exceptions import PoolExhausted
+
+from .options import PoolOptions
+from .reset import reset_plan
 
 logger = logging.getLogger("replicarouter.pools")
-
-RESET_MODES = ("auto", "always", "rollback")
-
-POOL_DEFAULTS: dict[str, Any] = {
-    "SIZE": 10,
-    "MAX_OVERFLOW": 10,
-    "TIMEOUT": 5.0,
-    "RECYCLE": 1800,
-    "PRE_PING": False,
-    "RESET": "auto",
-    "LIFO": True,
-    "LEAK_WARNING": None,
-}
-
-
-@dataclass(frozen=True)
-class PoolOptions:
-    """An alias's ``POOL`` settings, validated (see docs/configuration.md)."""
-
-    size: int = 10
-    max_overflow: int = 10
-    timeout: float = 5.0
-    recycle: int = 1800
-    pre_ping: bool = False
-    reset: str = "auto"
-    lifo: bool = True
-    leak_warning: float | None = None
-
-    @classmethod
-    def from_settings(cls, alias: str, settings: Mapping[str, Any] | None) -> PoolOptions:
-        """Return the options of ``DATABASES[alias]["POOL"]``; raise ConfigurationError when invalid."""
-        problems = pool_settings_problems(settings)
-        if problems:
-            raise ConfigurationError(f"DATABASES[{alias!r}]['POOL'] is invalid: " + "; ".join(problems))
-        values = {**POOL_DEFAULTS, **(settings or {})}
-        recycle = values["RECYCLE"]
-        return cls(
-            size=int(values["SIZE"]),
-            max_overflow=int(values["MAX_OVERFLOW"]),
-            timeout=float(values["TIMEOUT"]),
-            recycle=-1 if recycle is None else int(recycle),
-            pre_ping=bool(values["PRE_PING"]),
-            reset=str(values["RESET"]),
-            lifo=bool(values["LIFO"]),
-            leak_warning=None if values["LEAK_WARNING"] is None else float(values["LEAK_WARNING"]),
-        )
-
-
-def pool_settings_problems(settings: Any) -> list[str]:
-    """Return what is wrong with a ``POOL`` dict, one message per problem (empty when valid)."""
-    if settings is None:
-        return []
-    if not isinstance(settings, Mapping):
-        return [f"must be a dict, not {type(settings).__name__}"]
-    problems = [f"unknown key {key!r}" for key in settings if key not in POOL_DEFAULTS]
-
-    def number(key: str, minimum: float, allow_none: bool = False, integer: bool = False) -> None:
-        if key not in settings:
-            return
-        value = settings[key]
-        if value is None and allow_none:
-            return
-        kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-            what = "an integer" if integer else "a number"
-            problems.append(
-                f"{key} must be {what} >= {minimum}{' or None' if allow_none else ''}, not {value!r}"
-            )
-
-    number("SIZE", 1, integer=True)
-    number("MAX_OVERFLOW", -1, integer=True)
-    number("TIMEOUT", 0)
-    number("RECYCLE", -1, allow_none=True, integer=True)
-    number("LEAK_WARNING", 0, allow_none=True)
-    for key in ("PRE_PING", "LIFO"):
-        if key in settings and not isinstance(settings[key], bool):
-            problems.append(f"{key} must be True or False, not {settings[key]!r}")
-    if "RESET" in settings and settings["RESET"] not in RESET_MODES:
-        problems.append(
-            f"RESET must be one of {', '.join(map(repr, RESET_MODES))}, not {settings['RESET']!r}"
-        )
-    return problems
-
-
-#: libpq's transaction states (PQTransactionStatus, psycopg2.extensions.TRANSACTION_STATUS_*), named here
-#: so that this module imports psycopg2 only when a connection is made
-TRANSACTION_IDLE = 0
-TRANSACTION_ACTIVE = 1
-TRANSACTION_INTRANS = 2
-TRANSACTION_INERROR = 3
-TRANSACTION_UNKNOWN = 4
-
-
-@dataclass(frozen=True)
-class ResetPlan:
-    """What a returned connection needs before its next borrower (see ``reset_plan``)."""
-
-    #: it cannot be made clean (the server connection is lost): close it instead of pooling it
-    invalidate: bool = False
-    #: a transaction is open (or failed): roll it back
-    rollback: bool = False
-    #: clear session state with ``DISCARD ALL``
-    discard: bool = False
-
-
-def reset_plan(transaction_status: int, reset: str, dirty: bool, tainted: bool = False) -> ResetPlan:
-    """Return what a returned connection needs, given its libpq transaction status and ``RESET`` mode.
-
-    ``dirty``: the borrower ran a statement that may leave session state behind (``SET``, temporary
-    tables, ``LISTEN``…). ``"auto"`` discards only then, ``"always"`` every time, ``"rollback"`` never.
-    ``tainted``: replicarouter left session state itself (see ``Borrowed.tainted``): discarded always.
-    """
-    if transaction_status == TRANSACTION_UNKNOWN:
-        return ResetPlan(invalidate=True)
-    return ResetPlan(
-        rollback=transaction_status != TRANSACTION_IDLE,
-        discard=tainted or reset == "always" or (reset == "auto" and dirty),
-    )
 
 
 @dataclass
@@ -386,74 +250,3 @@ def _socket_readable(dbapi_connection: Any) -> bool:
         return bool(poller.poll(0))
     except Exception:
         return True
-
-
-class PoolRegistry:
-    """Every pool of this process, by alias and connection parameters."""
-
-    def __init__(self) -> None:
-        self._pools: dict[tuple[str, tuple[tuple[str, str], ...]], ConnectionPool] = {}
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        # pools of a parent process, kept alive so that their connections are never garbage collected
-        self._inherited: list[ConnectionPool] = []
-
-    def get(
-        self, alias: str, options: PoolOptions, conn_params: Mapping[str, Any], creator: Callable[[], Any]
-    ) -> ConnectionPool:
-        """Return the pool for ``alias`` with these parameters, creating it on first use."""
-        if self._pid != os.getpid():
-            self.after_fork()
-        key = (alias, tuple(sorted((k, repr(v)) for k, v in conn_params.items())))
-        pool = self._pools.get(key)
-        if pool is not None and pool.options == options:
-            return pool
-        with self._lock:
-            pool = self._pools.get(key)
-            if pool is None or pool.options != options:
-                if pool is not None:
-                    pool.dispose()
-                pool = ConnectionPool(alias, options, creator)
-                self._pools[key] = pool
-                logger.debug("pool %r created: %s", alias, options)
-            return pool
-
-    def pools(self, alias: str | None = None) -> list[ConnectionPool]:
-        """Return this process's pools (of one alias, when given)."""
-        return [p for (a, _), p in list(self._pools.items()) if alias is None or a == alias]
-
-    def stats(self, alias: str) -> dict[str, int]:
-        """Return the summed stats of an alias's pools (zeros when it has none yet)."""
-        total: dict[str, int] = {}
-        for pool in self.pools(alias):
-            for key, value in pool.stats().items():
-                total[key] = total.get(key, 0) + value if key not in ("size", "max_overflow") else value
-        empty = {"size": 0, "max_overflow": 0, "checked_out": 0, "overflow": 0, "idle": 0}
-        return total or {**empty, **vars(PoolCounters())}
-
-    def dispose(self, alias: str | None = None) -> None:
-        """Close the idle connections of every pool (of one alias) and forget those pools."""
-        with self._lock:
-            for key in [k for k in self._pools if alias is None or k[0] == alias]:
-                self._pools.pop(key).dispose()
-
-    def after_fork(self) -> None:
-        """Forget the parent's pools without touching the parent's connections (runs in the child)."""
-        if self._pid == os.getpid():
-            return
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            for pool in self._pools.values():
-                pool.detach_from_parent(devnull)
-                self._inherited.append(pool)
-        finally:
-            os.close(devnull)
-        self._pools = {}
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-
-
-registry = PoolRegistry()
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=registry.after_fork)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import stats
+from replicarouter.observability import stats
 
 logger = logging.getLogger("replicarouter.watchdog")
 
@@ -138,7 +138,7 @@ def _cut(fd: int) -> None:
 
 def _unresponsive(cluster: str, alias: str) -> bool:
     """Return whether the monitor's latest view says ``alias`` stopped answering (or it has no view)."""
-    from . import health
+    from replicarouter.health import store as health
 
     if health.is_suspect(cluster, alias):
         return True

@@ -23,8 +23,9 @@ import random
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
+from replicarouter.sticky.policy import caught_up
+
 from .context import PRIMARY, REPLICA
-from .sticky import caught_up
 from .topology import Cluster
 
 _counters: dict[str, itertools.count[int]] = {}

@@ -15,11 +15,14 @@ import datetime
 import time
 from typing import Any
 
-from . import health, pools, stats
-from .conf import settings, topology
-from .health.monitor import fetch_snapshot, initial_nodes, judge, running
-from .health.probe import Prober, connection_params
-from .health.state import Election, NodeHealth, Rules
+from replicarouter import pool as pools
+from replicarouter.conf import settings, topology
+from replicarouter.health import store as health
+from replicarouter.health.monitor import fetch_snapshot, initial_nodes, judge, running
+from replicarouter.health.probe import Prober, connection_params
+from replicarouter.health.rules import Election, NodeHealth, Rules
+
+from . import stats
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_CRITICAL = 0, 1, 2
 

@@ -1,0 +1,43 @@
+"""Connection pools: one SQLAlchemy ``QueuePool`` per database alias per process.
+
+Design:
+
+- **Lifecycle.** Django's wrapper borrows a raw psycopg2 connection when it connects and gives it back
+  when Django closes it (end of request with ``CONN_MAX_AGE = 0``), so a thread holds a server
+  connection only while it works. A returned connection is rolled back if a transaction is open and, when
+  the borrower may have changed session state (``SET``, temporary tables, prepared statements, advisory
+  locks, ``LISTEN``…), reset with ``DISCARD ALL``; a connection that is broken or fails its reset is
+  invalidated (closed), never returned. ``RESET = "always"`` discards on every return, ``"rollback"``
+  never does. ``reset_plan`` decides which of these a returned connection needs (pure, unit-tested);
+  ``ConnectionPool._reset`` carries it out.
+- **Liveness.** On checkout, the idle connection's socket is polled without waiting: a server that
+  terminated the backend (``pg_terminate_backend``, restart, idle timeout) has left it readable, and such
+  a connection is replaced before Django sees it (about 2 µs; ``PRE_PING`` adds a real ``SELECT 1``).
+- **Fork safety.** Pools remember their pid. In a forked child the registry starts empty, and every
+  inherited connection's socket descriptor is pointed at ``/dev/null`` so that nothing the child does
+  (including garbage collection at exit, when libpq sends its Terminate message) can reach the parent's
+  sessions; the parent's connections keep working.
+- **Stats** per pool (size, checked out, overflow, idle, connects, waits, timeouts, invalidations) feed
+  ``replicarouter.status()`` and ``replicastatus``.
+"""
+
+from __future__ import annotations
+
+from .options import POOL_DEFAULTS, RESET_MODES, PoolOptions, pool_settings_problems
+from .pool import Borrowed, ConnectionPool, PoolCounters
+from .registry import PoolRegistry, registry
+from .reset import ResetPlan, reset_plan
+
+__all__ = [
+    "POOL_DEFAULTS",
+    "RESET_MODES",
+    "Borrowed",
+    "ConnectionPool",
+    "PoolCounters",
+    "PoolOptions",
+    "PoolRegistry",
+    "ResetPlan",
+    "pool_settings_problems",
+    "registry",
+    "reset_plan",
+]
