@@ -16,7 +16,6 @@ a forked child; registering and unregistering a read costs a lock and a dict ope
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from replicarouter import runtime
 from replicarouter.observability import stats
 
 logger = logging.getLogger("replicarouter.watchdog")
@@ -50,7 +50,6 @@ class Watchdog:
     """Reads in flight on replicas, and the thread that cuts those stuck on unresponsive nodes."""
 
     def __init__(self, unresponsive: Callable[[str, str], bool]) -> None:
-        self.pid = os.getpid()
         self._unresponsive = unresponsive
         self._lock = threading.Lock()
         self._inflight: dict[int, Watch] = {}
@@ -64,10 +63,7 @@ class Watchdog:
             with self._lock:
                 if self._thread is None or not self._thread.is_alive():
                     self._stop.clear()
-                    self._thread = threading.Thread(
-                        target=self._run, name="replicarouter-watchdog", daemon=True
-                    )
-                    self._thread.start()
+                    self._thread = runtime.start_thread("replicarouter-watchdog", self._run)
 
     @contextlib.contextmanager
     def watching(self, connection: Any, cluster: str, alias: str, timeout: float) -> Iterator[Watch]:
@@ -156,20 +152,26 @@ _lock = threading.Lock()
 def get() -> Watchdog:
     """Return this process's watchdog (a new one in a forked child)."""
     global _watchdog
+    runtime.check_fork()
     watchdog = _watchdog
-    if watchdog is None or watchdog.pid != os.getpid():
+    if watchdog is None:
         with _lock:
             watchdog = _watchdog
-            if watchdog is None or watchdog.pid != os.getpid():
+            if watchdog is None:
                 watchdog = _watchdog = Watchdog(_unresponsive)
     return watchdog
 
 
-def stop() -> None:
+@runtime.on_stop
+def stop(timeout: float = 2.0) -> None:
     """Stop this process's watchdog thread, if any."""
     watchdog = _watchdog
-    if watchdog is not None and watchdog.pid == os.getpid():
-        watchdog.stop()
+    if watchdog is not None:
+        watchdog.stop(timeout)
 
 
-atexit.register(stop)
+@runtime.on_fork
+def _forget_parent() -> None:
+    """In a forked child: the parent's watchdog thread and reads in flight are not this process's."""
+    global _watchdog, _lock
+    _watchdog, _lock = None, threading.Lock()

@@ -19,7 +19,6 @@ Design:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
@@ -32,6 +31,8 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from replicarouter import pool as pools
+from replicarouter import redis_client as shared_redis
+from replicarouter import runtime
 from replicarouter.conf import settings, topology
 from replicarouter.observability import stats
 from replicarouter.routing.topology import Cluster
@@ -213,7 +214,6 @@ class Monitor:
     """Keeps every cluster's snapshot fresh in this process (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -225,8 +225,6 @@ class Monitor:
         self._promotions: dict[str, threading.Thread] = {}
         #: the last node seen taking each cluster's writes (a failover is counted when another one does)
         self._last_writer: dict[str, str] = {}
-        self._redis: Any = None
-        self._redis_url: str | None = None
         self._redis_ok: bool | None = None
         #: rounds this process probed a cluster itself (tests and benchmarks count them)
         self.probe_rounds = 0
@@ -238,8 +236,7 @@ class Monitor:
     # -- thread ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="replicarouter-monitor", daemon=True)
-        self._thread.start()
+        self._thread = runtime.start_thread("replicarouter-monitor", self._run)
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -348,15 +345,14 @@ class Monitor:
             return election
         from . import failover
 
-        thread = threading.Thread(
-            target=failover.promote,
-            args=(cluster, dict(nodes), databases),
-            kwargs={"waited": time.monotonic() - lost},
-            name="replicarouter-promote",
-            daemon=True,
+        self._promotions[cluster.name] = runtime.start_thread(
+            "replicarouter-promote",
+            failover.promote,
+            cluster,
+            dict(nodes),
+            databases,
+            waited=time.monotonic() - lost,
         )
-        self._promotions[cluster.name] = thread
-        thread.start()
         return replace(election, reason=f"promotion started: {election.reason}")
 
     def _apply(
@@ -427,19 +423,10 @@ class Monitor:
         self._redis_ok = ok
 
     def _redis_client(self) -> Any:
-        url = settings.REDIS_URL
-        if not url:
-            return None
-        if self._redis is None or self._redis_url != url:
-            import redis
-
-            timeout = settings.CHECK_TIMEOUT
-            self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-            self._redis_url = url
-        return self._redis
+        return shared_redis.client()
 
     def _key(self, cluster: Cluster, what: str) -> str:
-        return f"{settings.KEY_PREFIX}:health:{cluster.name}:{what}"
+        return shared_redis.key("health", cluster.name, what)
 
     def _lead(self, client: Any, cluster: Cluster, interval: float) -> bool:
         key = self._key(cluster, "leader")
@@ -481,11 +468,11 @@ class Monitor:
         return fetch_snapshot(client, self._key(cluster, "snapshot"), cluster, interval)
 
     def _release_leases(self) -> None:
-        client = self._redis
-        if client is None:
+        if not settings.REDIS_URL:
             return
+        client = shared_redis.client()
         for name in list(self._nodes):
-            key = f"{settings.KEY_PREFIX}:health:{name}:leader"
+            key = shared_redis.key("health", name, "leader")
             with contextlib.suppress(Exception):  # expire our lease now, if it is still ours
                 client.eval(_RENEW, 1, key, self.identity, 1)
 
@@ -524,50 +511,56 @@ def fetch_snapshot(
 
 _lock = threading.Lock()
 _monitor: Monitor | None = None
-_started_pid = 0
+_started = False
 
 
 def ensure_running() -> None:
-    """Start this process's monitor unless it runs already (the router calls this: a pid check)."""
-    if _started_pid != os.getpid():
+    """Start this process's monitor unless it runs already (the router calls this: a flag check)."""
+    runtime.check_fork()
+    if not _started:
         ensure_started()
 
 
 def ensure_started() -> Monitor:
     """Return this process's monitor, starting it on first use (and again in a forked child)."""
-    global _monitor, _started_pid
+    global _monitor, _started
+    runtime.check_fork()
     monitor = _monitor
-    if monitor is not None and monitor.pid == os.getpid() and monitor.is_alive():
+    if monitor is not None and monitor.is_alive():
         return monitor
     with _lock:
         monitor = _monitor
-        if monitor is None or monitor.pid != os.getpid() or not monitor.is_alive():
-            if monitor is not None and monitor.pid != os.getpid():
-                clear()  # the parent's snapshots say nothing certain about what the child will see
+        if monitor is None or not monitor.is_alive():
             monitor = Monitor()
             monitor.start()
             _monitor = monitor
-            _started_pid = os.getpid()
+            _started = True
         return monitor
 
 
 def running() -> Monitor | None:
     """Return this process's running monitor, if any."""
     monitor = _monitor
-    if monitor is not None and monitor.pid == os.getpid() and monitor.is_alive():
+    if monitor is not None and monitor.is_alive():
         return monitor
     return None
 
 
+@runtime.on_stop
 def stop(timeout: float = 5.0) -> None:
     """Stop this process's monitor (no thread is left behind) and forget its snapshots."""
-    global _monitor, _started_pid
+    global _monitor, _started
     with _lock:
         monitor, _monitor = _monitor, None
-        _started_pid = 0
-    if monitor is not None and monitor.pid == os.getpid():
+        _started = False
+    if monitor is not None:
         monitor.stop(timeout)
     clear()
 
 
-atexit.register(stop)
+@runtime.on_fork
+def _forget_parent() -> None:
+    """In a forked child: the parent's monitor thread is gone, and its snapshots say nothing certain."""
+    global _monitor, _started, _lock
+    _monitor, _started, _lock = None, False, threading.Lock()
+    clear()

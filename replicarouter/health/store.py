@@ -23,6 +23,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from replicarouter import runtime
+
 from .rules import NodeHealth
 
 STALE_INTERVALS = 3
@@ -143,3 +145,6 @@ def clear() -> None:
     """Forget every snapshot and suspect (the monitor stopped, or a forked child starts over)."""
     _snapshots.clear()
     _suspects.clear()
+
+
+runtime.on_reset(clear)

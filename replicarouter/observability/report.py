@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from replicarouter import pool as pools
+from replicarouter import redis_client as shared_redis
 from replicarouter.conf import settings, topology
 from replicarouter.health import store as health
 from replicarouter.health.monitor import fetch_snapshot, initial_nodes, judge, running
@@ -65,23 +66,12 @@ def status(cluster: str | None = None) -> dict[str, Any]:
     from django.conf import settings as django_settings
 
     databases = dict(django_settings.DATABASES)
-    redis_client = None
-    if settings.REDIS_URL:
-        import redis
-
-        timeout = settings.CHECK_TIMEOUT
-        redis_client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+    redis_client = shared_redis.client()
     out: dict[str, Any] = {"clusters": {}, "sticky": _sticky_counters(cluster)}
-    try:
-        for spec in topology().clusters:
-            if cluster is not None and spec.name != cluster:
-                continue
-            out["clusters"][spec.name] = _cluster_status(spec, databases, redis_client)
-    finally:
-        if redis_client is not None:
-            redis_client.close()
+    for spec in topology().clusters:
+        if cluster is not None and spec.name != cluster:
+            continue
+        out["clusters"][spec.name] = _cluster_status(spec, databases, redis_client)
     return out
 
 
@@ -111,7 +101,7 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
         )
         monitor["redis"] = local.extra.get("redis")
     if nodes is None and redis_client is not None:
-        key = f"{settings.KEY_PREFIX}:health:{spec.name}:snapshot"
+        key = shared_redis.key("health", spec.name, "snapshot")
         try:
             fetched = fetch_snapshot(redis_client, key, spec, interval)
             monitor["redis"] = "up"

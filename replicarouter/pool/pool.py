@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
+from replicarouter import runtime
 from replicarouter.exceptions import PoolExhausted
 
 from .options import PoolOptions
@@ -68,7 +69,8 @@ class ConnectionPool:
     def __init__(self, alias: str, options: PoolOptions, creator: Callable[[], Any]) -> None:
         self.alias = alias
         self.options = options
-        self.pid = os.getpid()
+        #: the fork generation that made it (see ``replicarouter.runtime``)
+        self.generation = runtime.generation()
         self.disposed = False
         self.counters = PoolCounters()
         self._leases: dict[int, _Lease] = {}

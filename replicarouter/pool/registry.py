@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from replicarouter import runtime
+
 from .options import PoolOptions
 from .pool import ConnectionPool, PoolCounters
 
@@ -20,7 +22,6 @@ class PoolRegistry:
     def __init__(self) -> None:
         self._pools: dict[tuple[str, tuple[tuple[str, str], ...]], ConnectionPool] = {}
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         # pools of a parent process, kept alive so that their connections are never garbage collected
         self._inherited: list[ConnectionPool] = []
 
@@ -28,8 +29,7 @@ class PoolRegistry:
         self, alias: str, options: PoolOptions, conn_params: Mapping[str, Any], creator: Callable[[], Any]
     ) -> ConnectionPool:
         """Return the pool for ``alias`` with these parameters, creating it on first use."""
-        if self._pid != os.getpid():
-            self.after_fork()
+        runtime.check_fork()
         key = (alias, tuple(sorted((k, repr(v)) for k, v in conn_params.items())))
         pool = self._pools.get(key)
         if pool is not None and pool.options == options:
@@ -65,8 +65,6 @@ class PoolRegistry:
 
     def after_fork(self) -> None:
         """Forget the parent's pools without touching the parent's connections (runs in the child)."""
-        if self._pid == os.getpid():
-            return
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             for pool in self._pools.values():
@@ -76,10 +74,8 @@ class PoolRegistry:
             os.close(devnull)
         self._pools = {}
         self._lock = threading.Lock()
-        self._pid = os.getpid()
 
 
 registry = PoolRegistry()
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=registry.after_fork)
+runtime.on_fork(registry.after_fork)
+runtime.on_reset(registry.dispose)

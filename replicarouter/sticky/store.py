@@ -9,10 +9,10 @@ delete), so it never drops a newer write's position.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
+from replicarouter import redis_client as shared_redis
 from replicarouter.conf import settings, topology
 from replicarouter.health.probe import lsn_to_int
 from replicarouter.observability import stats
@@ -37,28 +37,14 @@ return 0
 
 #: sticky decisions in this process: reads checked against a position, sent to the primary, releases
 
-_client: Any = None
-_client_key: tuple[int, str] | None = None
-
 
 def client() -> Any:
     """Return this process's Redis client for positions (None without REDIS_URL)."""
-    global _client, _client_key
-    url = settings.REDIS_URL
-    if not url:
-        return None
-    key = (os.getpid(), url)
-    if _client is None or _client_key != key:
-        import redis
-
-        timeout = settings.CHECK_TIMEOUT
-        _client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        _client_key = key
-    return _client
+    return shared_redis.client()
 
 
 def _key(cluster: str, identity: str) -> str:
-    return f"{settings.KEY_PREFIX}:sticky:{cluster}:{identity}"
+    return shared_redis.key("sticky", cluster, identity)
 
 
 def _store_error(message: str, exc: Exception) -> None:

@@ -84,12 +84,10 @@ def replica_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterBase]:
     finally:
         request.config.stash[_SESSION_CLUSTER] = None
         # a replicarouter health monitor in this process would report the shutdown as failures
-        health_monitor = sys.modules.get("replicarouter.health.monitor")
-        if health_monitor is not None:
-            health_monitor.stop()
-        read_watchdog = sys.modules.get("replicarouter.watchdog")
-        if read_watchdog is not None:
-            read_watchdog.stop()
+        # (and the read watchdog with it): stop every background thread replicarouter started
+        process_runtime = sys.modules.get("replicarouter.runtime")
+        if process_runtime is not None:
+            process_runtime.stop()
         instance.down()
 
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Any
 
 import psycopg2
 from django.db.backends.postgresql import base as django_base
 
 from replicarouter import pool as pools
+from replicarouter import runtime
 from replicarouter.backends import watchdog
 from replicarouter.conf import settings, topology
 from replicarouter.exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable
@@ -75,7 +75,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         super().__init__(*args, **kwargs)
         self.Database = PooledDriver(self)
         self._borrowed: pools.Borrowed | None = None
-        self._borrowed_pid = 0
+        self._borrowed_generation = -1
         self._pool_cache: tuple[Any, dict[str, Any], pools.ConnectionPool] | None = None
 
     @property
@@ -85,6 +85,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
 
     def connection_pool(self, conn_params: dict[str, Any] | None = None) -> pools.ConnectionPool:
         """Return this process's pool for this alias (created on first use)."""
+        runtime.check_fork()
         params = self.get_connection_params() if conn_params is None else conn_params
         pool_setting = self.settings_dict.get("POOL")
         cached = self._pool_cache
@@ -93,7 +94,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
             cached is not None
             and cached[0] is pool_setting
             and cached[1] == params
-            and cached[2].pid == os.getpid()
+            and cached[2].generation == runtime.generation()
             and not cached[2].disposed
         ):
             return cached[2]
@@ -128,7 +129,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         else:
             borrowed = self.connection_pool(conn_params).checkout()
         self._borrowed = borrowed
-        self._borrowed_pid = os.getpid()
+        self._borrowed_generation = runtime.generation()
         return borrowed.connection
 
     def _borrow_primary(
@@ -219,7 +220,8 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
 
     def _forget_inherited(self) -> None:
         """Drop, without I/O, a connection this wrapper holds from before a fork."""
-        if self.connection is not None and self._borrowed_pid != os.getpid():
+        runtime.check_fork()
+        if self.connection is not None and self._borrowed_generation != runtime.generation():
             self.connection = None
             self._borrowed = None
             self.closed_in_transaction = False
