@@ -1,5 +1,5 @@
 """Shared helpers of the tests: set-up of the integration tests that route through a running monitor,
-and loading the scripts of benchmarks/ (not a package users install) by path."""
+small probes of a test cluster, and loading the scripts of benchmarks/ (not a package users install)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,32 @@ def load_script(path: Path, name: str) -> ModuleType:
     finally:
         del sys.modules[name]
     return module
+
+
+def new_table(cluster: Any) -> str:
+    """Create a table of a fresh name (``id int PRIMARY KEY, v text``) on the primary; return its name."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    cluster.primary.query(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+    return name
+
+
+def row_count(node: Any, table: str) -> int:
+    """Return how many rows ``node`` sees in ``table``."""
+    return int(node.scalar(f"SELECT count(*) FROM {table}"))
+
+
+def server_pids(cluster: Any) -> list[int]:
+    """Return the pids of every process of a running LocalCluster: each postmaster's tree and Redis."""
+    from replicarouter.testing import procs, registry
+
+    pids = []
+    for node in cluster.nodes:
+        pid = cluster.postmaster_pid(node)
+        assert pid is not None, f"{node.name} has no postmaster"
+        pids.extend(procs.process_tree(pid))
+    redis_pid = registry.redis_pid(cluster.dir)
+    assert redis_pid is not None
+    return [*pids, redis_pid]
 
 
 def ready_for_routing(cluster: Any) -> None:

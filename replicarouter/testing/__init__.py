@@ -6,9 +6,10 @@
 ``python -m replicarouter.testing`` a command line. See docs/testing.md.
 """
 
-from .base import DEFAULT_ENGINE, ClusterBase, ClusterError, Node
+from .base import ClusterBase
 from .binaries import Binaries, BinariesNotFound, find_binaries
 from .local import LocalCluster
+from .node import DEFAULT_ENGINE, ClusterError, Node
 from .settings import cluster, configure_django, django_settings
 
 __all__ = [

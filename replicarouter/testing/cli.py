@@ -18,9 +18,9 @@ from types import FrameType
 from typing import Any, TextIO
 
 from . import procs, registry
-from .base import ClusterError, Node
 from .binaries import BinariesNotFound
-from .local import redis_ping
+from .node import ClusterError, Node
+from .procs import redis_ping
 from .settings import cluster as make_cluster
 from .settings import environment
 

@@ -3,50 +3,35 @@
 Design: the cluster lives in one private directory (see ``registry``); the primary comes from ``initdb``,
 each replica from ``pg_basebackup -R`` of it, so replication is PostgreSQL's own streaming replication,
 not an imitation. Servers run as the ``postgres`` account when we are root (PostgreSQL refuses root) and
-as ourselves otherwise. Teardown is driven by the directory alone and is registered with
-``weakref.finalize``, so it runs on ``close()``, on exceptions in ``with``, on garbage collection and at
-interpreter exit; a process killed outright leaves a directory that the next cluster (or
-``down --all``) reaps.
+as ourselves otherwise; ``servers.LocalServers`` runs their programs. Teardown is driven by the directory
+alone and is registered with ``weakref.finalize``, so it runs on ``close()``, on exceptions in ``with``, on
+garbage collection and at interpreter exit; a process killed outright leaves a directory that the next
+cluster (or ``down --all``) reaps.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Self
+from typing import Self, Unpack
 
 from . import procs, registry
-from .base import STOP_MODES, ClusterBase, ClusterError, Node, StopMode, wait_for
+from .base import BASE_CONF, ClusterBase, ClusterOptions
 from .binaries import Binaries, find_binaries
+from .faults import StopMode, check_stop_mode
+from .node import ClusterError, Node, wait_for
+from .procs import redis_ping
+from .servers import LocalServers
+
+__all__ = ["BASE_CONF", "SSL_CERT_FILE", "SSL_KEY_FILE", "LocalCluster", "redis_ping"]
 
 logger = logging.getLogger("replicarouter.testing")
-
-#: server settings for speed and for fast, observable replication; see docs/testing.md
-BASE_CONF: dict[str, str] = {
-    "listen_addresses": "'127.0.0.1'",
-    "fsync": "off",  # never synchronous_commit=off: it adds ~200 ms of replica lag
-    "wal_level": "replica",
-    "max_wal_senders": "10",
-    "max_replication_slots": "10",
-    "wal_keep_size": "'512MB'",  # replicas re-pointed after a promotion still find their WAL
-    "hot_standby": "on",
-    "hot_standby_feedback": "on",
-    "wal_log_hints": "on",  # lets pg_rewind turn an old primary into a replica
-    "wal_retrieve_retry_interval": "'200ms'",  # replicas re-follow quickly after a restart
-    "wal_receiver_status_interval": "'1s'",
-    "wal_sender_timeout": "'10s'",
-    "wal_receiver_timeout": "'10s'",
-    "max_connections": "200",
-    "shared_buffers": "'32MB'",
-    "log_line_prefix": "'%m [%p] %q%a '",
-}
 
 #: with ``ssl=True``: the self-signed certificate and its key, in the cluster directory
 SSL_CERT_FILE = "server.crt"
@@ -65,35 +50,21 @@ class LocalCluster(ClusterBase):
         self,
         replicas: int = 2,
         *,
-        dbname: str = "replicarouter",
-        user: str = "postgres",
-        password: str | None = None,
         binaries: Binaries | None = None,
         os_user: str | None = None,
         root: Path | None = None,
-        conf: dict[str, str] | None = None,
-        redis: bool = True,
         ssl: bool = False,
-        timeout: float = 30.0,
+        **options: Unpack[ClusterOptions],
     ) -> None:
-        super().__init__(
-            replicas=replicas,
-            dbname=dbname,
-            user=user,
-            password=password,
-            conf=conf,
-            redis=redis,
-            timeout=timeout,
-        )
+        super().__init__(replicas, **options)
         self.binaries = binaries
         self.os_user_name = os_user
         self.root = root
         self.ssl = ssl
         self.dir: Path | None = None
         self.redis_proc: subprocess.Popen[bytes] | None = None
-        self.startup_seconds: float | None = None
         self._os_user: procs.OsUser | None = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._local_servers: LocalServers | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -110,6 +81,9 @@ class LocalCluster(ClusterBase):
         self._os_user.chown(self.dir)
         # from here on, whatever happens, the directory and its servers go away with this object
         self._finalizer = weakref.finalize(self, registry.teardown, self.dir)
+        self._local_servers = LocalServers(
+            self.dir, self._os_user, self.binaries, self.timeout, self.password
+        )
 
         ports = procs.free_ports(self.replica_count + 2)
         self.redis_port = ports.pop()
@@ -120,9 +94,9 @@ class LocalCluster(ClusterBase):
         ]
         self._write_record()
         if self.with_redis:
-            self._start_redis_process()
+            self.redis_proc = self._servers.start_redis(self.redis_port)
         if self.ssl:
-            self._make_certificate()
+            self._servers.make_certificate(self.dir / SSL_CERT_FILE, self.dir / SSL_KEY_FILE)
         self._init_primary(primary)
         self._clone_replicas()
         wait_for(
@@ -146,20 +120,19 @@ class LocalCluster(ClusterBase):
 
     def down(self) -> None:
         """Stop every server immediately and remove the cluster directory."""
-        if self._finalizer is not None:
-            self._finalizer()
+        super().down()
         if self.redis_proc is not None:
             if self.redis_proc.poll() is None:  # started but killed before it wrote its pid file
                 self.redis_proc.kill()
             self.redis_proc.wait(timeout=5)  # reap our child
             self.redis_proc = None
 
-    @property
-    def is_up(self) -> bool:
-        """Return whether ``up()`` ran and ``down()`` has not."""
-        return self._finalizer is not None and self._finalizer.alive
-
     # -- building ---------------------------------------------------------------------------------
+
+    @property
+    def _servers(self) -> LocalServers:
+        assert self._local_servers is not None, "cluster is not up"
+        return self._local_servers
 
     def datadir(self, node: str | Node) -> Path:
         """Return the data directory of ``node``."""
@@ -171,87 +144,26 @@ class LocalCluster(ClusterBase):
         assert self.dir is not None, "cluster is not up"
         return self.dir / f"{self.node(node).name}.log"
 
-    def _run(self, *args: str, timeout: float | None = None, env: dict[str, str] | None = None) -> str:
-        assert self.dir is not None and self._os_user is not None
-        return procs.run(
-            args, user=self._os_user, cwd=self.dir, timeout=timeout or self.timeout, env=env
-        ).stdout
-
-    def _spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        assert self.dir is not None and self._os_user is not None
-        return procs.spawn(args, user=self._os_user, cwd=self.dir, env=env)
-
-    def _pg(self, tool: str) -> str:
-        assert self.binaries is not None
-        return self.binaries.pg(tool)
-
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
-        if self.password:
-            env["PGPASSWORD"] = self.password
-        return env
-
     def _conf_lines(self, node: Node) -> str:
         assert self.dir is not None
-        conf = dict(BASE_CONF)
-        conf.update(self.extra_conf)
-        conf["port"] = str(node.port)
-        conf["cluster_name"] = f"'{node.name}'"
-        conf["unix_socket_directories"] = f"'{self.dir}'"
+        overrides = {
+            "port": str(node.port),
+            "cluster_name": f"'{node.name}'",
+            "unix_socket_directories": f"'{self.dir}'",
+        }
         if self.ssl:
             # absolute paths into the cluster directory: the replicas' copies of this file find them too
-            conf["ssl"] = "on"
-            conf["ssl_cert_file"] = f"'{self.dir / SSL_CERT_FILE}'"
-            conf["ssl_key_file"] = f"'{self.dir / SSL_KEY_FILE}'"
-        body = "".join(f"{key} = {value}\n" for key, value in conf.items())
-        return f"\n# replicarouter.testing ({node.name})\n{body}"
+            overrides["ssl"] = "on"
+            overrides["ssl_cert_file"] = f"'{self.dir / SSL_CERT_FILE}'"
+            overrides["ssl_key_file"] = f"'{self.dir / SSL_KEY_FILE}'"
+        return self._server_conf(node.name, overrides)
 
     def _append_conf(self, node: Node) -> None:
         with open(self.datadir(node) / "postgresql.conf", "a") as conf:
             conf.write(self._conf_lines(node))
 
-    def _make_certificate(self) -> None:
-        """Write a self-signed certificate and its key for 127.0.0.1 into the cluster directory."""
-        assert self.dir is not None and self._os_user is not None
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise ClusterError("LocalCluster(ssl=True) needs the openssl command line tool")
-        cert, key = self.dir / SSL_CERT_FILE, self.dir / SSL_KEY_FILE
-        self._run(
-            openssl, "req", "-x509",
-            "-newkey", "rsa:2048",
-            "-nodes",
-            "-days", "2",
-            "-subj", "/CN=127.0.0.1",
-            "-keyout", str(key),
-            "-out", str(cert),
-        )  # fmt: skip
-        key.chmod(0o600)  # PostgreSQL refuses a key that others can read
-        for path in (cert, key):
-            self._os_user.chown(path)
-
     def _init_primary(self, primary: Node) -> None:
-        assert self.dir is not None and self._os_user is not None
-        args = [
-            self._pg("initdb"),
-            "-D", str(self.datadir(primary)),
-            "-U", self.user,
-            "-E", "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]  # fmt: skip
-        pwfile = self.dir / "pwfile"
-        if self.password:
-            pwfile.write_text(self.password + "\n")
-            self._os_user.chown(pwfile)
-            args += [f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256"]
-        else:
-            args += ["--auth=trust"]
-        try:
-            self._run(*args, env=self._env())
-        finally:
-            pwfile.unlink(missing_ok=True)
+        self._servers.initdb(self.datadir(primary), self.user)
         self._append_conf(primary)
         self._pg_ctl_start(primary)
         if self.dbname != "postgres":
@@ -269,43 +181,22 @@ class LocalCluster(ClusterBase):
             conninfo = (
                 f"host={primary.host} port={primary.port} user={self.user} application_name={replica.name}"
             )
-            backups.append(
-                self._spawn(
-                    self._pg("pg_basebackup"),
-                    "-d", conninfo,
-                    "-D", str(self.datadir(replica)),
-                    "-R",
-                    "-X", "stream",
-                    "-c", "fast",
-                    "--no-sync",
-                    env=self._env(),
-                )
-            )  # fmt: skip
+            backups.append(self._servers.basebackup(conninfo, self.datadir(replica)))
         for proc in backups:
             procs.finish(proc, self.timeout)
         starts = []
         for replica in self.replicas:
             self._append_conf(replica)
-            starts.append(self._spawn(*self._pg_ctl_start_args(replica), env=self._env()))
+            starts.append(self._servers.spawn_pg_ctl_start(self.datadir(replica), self.logfile(replica)))
         for replica, proc in zip(self.replicas, starts, strict=True):
             try:
                 procs.finish(proc, self.timeout)
             except ClusterError as exc:
                 raise ClusterError(f"{exc}\n{self._log_tail(replica)}") from exc
 
-    def _pg_ctl_start_args(self, node: Node) -> list[str]:
-        # -l matters: without a log file the server inherits our pipes and communicate() never returns
-        return [
-            self._pg("pg_ctl"),
-            "-D", str(self.datadir(node)),
-            "-l", str(self.logfile(node)),
-            "-w", "-t", str(int(self.timeout)),
-            "start",
-        ]  # fmt: skip
-
     def _pg_ctl_start(self, node: Node) -> None:
         try:
-            self._run(*self._pg_ctl_start_args(node), env=self._env())
+            self._servers.pg_ctl_start(self.datadir(node), self.logfile(node))
         except ClusterError as exc:
             raise ClusterError(f"{exc}\n{self._log_tail(node)}") from exc
 
@@ -315,15 +206,6 @@ class LocalCluster(ClusterBase):
         except OSError:
             return f"(no log for {node.name})"
         return f"last lines of {self.logfile(node)}:\n" + "\n".join(text)
-
-    def _all_streaming(self) -> bool:
-        wanted = {r.name for r in self.replicas}
-        if not wanted:
-            return True
-        rows = self.primary.query(
-            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
-        )
-        return wanted <= {row[0] for row in rows}
 
     def _write_record(self) -> None:
         assert self.dir is not None
@@ -346,6 +228,9 @@ class LocalCluster(ClusterBase):
             conninfo += f" password={self.password}"
         return conninfo
 
+    def _is_sender(self, primary: Node, sender_host: str | None, sender_port: int | None) -> bool:
+        return sender_port == primary.port
+
     # -- node faults ------------------------------------------------------------------------------
 
     def postmaster_pid(self, node: str | Node) -> int | None:
@@ -358,8 +243,7 @@ class LocalCluster(ClusterBase):
         Returns once the node's port refuses connections.
         """
         target = self.node(node)
-        if mode not in STOP_MODES:
-            raise ValueError(f"mode must be one of {', '.join(STOP_MODES)}, not {mode!r}")
+        check_stop_mode(mode)
         pid = self.postmaster_pid(target)
         if pid is None:
             raise ClusterError(f"{target.name} is not running")
@@ -374,13 +258,9 @@ class LocalCluster(ClusterBase):
         else:
             if target.name in self.faults.frozen:  # a stopped process cannot act on pg_ctl's signal
                 procs.signal_pids(procs.process_tree(pid), signal.SIGCONT)
-            self._run(
-                self._pg("pg_ctl"), "-D", str(self.datadir(target)), "-m", mode, "-w",
-                "-t", str(int(self.timeout)), "stop",
-            )  # fmt: skip
+            self._servers.pg_ctl_stop(self.datadir(target), mode)
         self.faults.frozen.discard(target.name)
-        wait_for(f"{target.name} to refuse connections", lambda: not procs.port_open(target.port),
-                 timeout=self.timeout)  # fmt: skip
+        self._wait_refused(target)
         logger.info("stopped %s (mode %s)", target.name, mode)
 
     def start(self, node: str | Node) -> None:
@@ -425,38 +305,6 @@ class LocalCluster(ClusterBase):
 
     # -- redis ------------------------------------------------------------------------------------
 
-    def _start_redis_process(self) -> None:
-        assert self.dir is not None and self.binaries is not None
-        redis_dir = self.dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        self.redis_proc = subprocess.Popen(
-            [
-                str(self.binaries.redis_server),
-                "--port", str(self.redis_port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(redis_dir),
-                "--pidfile", str(self.dir / registry.REDIS_PIDFILE),
-                "--logfile", str(self.dir / "redis.log"),
-                "--daemonize", "no",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C in the terminal must not kill it before our teardown runs
-        )  # fmt: skip
-
-    def _wait_redis(self, *, up: bool) -> None:
-        def state_reached() -> bool:
-            return redis_ping(self.redis_host, self.redis_port) is up
-
-        wait_for(
-            f"redis on :{self.redis_port} to be {'up' if up else 'down'}",
-            state_reached,
-            timeout=self.timeout,
-        )
-
     def stop_redis(self) -> None:
         """Stop the cluster's Redis (SIGTERM, nothing is saved); return once its port refuses connections."""
         if self.redis_proc is None:
@@ -476,19 +324,7 @@ class LocalCluster(ClusterBase):
         """Start the cluster's Redis again on the same port (empty); return once it answers PING."""
         if self.redis_proc is not None:
             raise ClusterError("redis is already running")
-        self._start_redis_process()
+        self.redis_proc = self._servers.start_redis(self.redis_port)
         self._wait_redis(up=True)
         self.faults.redis_stopped = False
         logger.info("started redis :%d", self.redis_port)
-
-
-def redis_ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Return whether a Redis server answers PING on ``host:port`` (raw protocol, no client library)."""
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import ClusterError
+from .node import ClusterError
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -36,6 +36,16 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
+    except OSError:
+        return False
+
+
+def redis_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Return whether a Redis server answers PING on ``host:port`` (raw protocol, no client library)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
 

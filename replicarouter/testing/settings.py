@@ -8,8 +8,9 @@ import os
 import warnings
 from typing import Any, Literal
 
-from .base import DEFAULT_ENGINE, ClusterBase, ClusterError
+from .base import ClusterBase
 from .binaries import BinariesNotFound, find_binaries
+from .node import DEFAULT_ENGINE, ClusterError
 
 logger = logging.getLogger("replicarouter.testing")
 

@@ -1,4 +1,10 @@
-"""Self-tests of replicarouter.testing.LocalCluster against real PostgreSQL and Redis servers."""
+"""Self-tests of replicarouter.testing.LocalCluster alone, against real PostgreSQL and Redis servers.
+
+What every backend must do (streaming, replay and process faults, promotion, teardown) is tested against
+each backend in test_cluster_contract.py; here are the tests that have no Docker counterpart: settings and
+SQL-level controls on the session cluster, and the local backend's own lifecycle (its directory, its
+processes, interpreter exit, reaping of killed runs, running as a normal user).
+"""
 
 from __future__ import annotations
 
@@ -8,70 +14,19 @@ import pwd
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import psycopg2
-import psycopg2.errors
 import pytest
-import redis
 
 from replicarouter.testing import ClusterError, LocalCluster, procs, registry
 from replicarouter.testing.base import wait_for
+from tests.helpers import new_table, row_count, server_pids
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _table(cluster: LocalCluster) -> str:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    cluster.primary.query(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
-    return name
-
-
-def _count(node, table: str) -> int:
-    return int(node.scalar(f"SELECT count(*) FROM {table}"))
-
-
-def _server_pids(cluster: LocalCluster) -> list[int]:
-    pids = []
-    for node in cluster.nodes:
-        pid = cluster.postmaster_pid(node)
-        assert pid is not None, f"{node.name} has no postmaster"
-        pids.extend(procs.process_tree(pid))
-    redis_pid = registry.redis_pid(cluster.dir)
-    assert redis_pid is not None
-    return [*pids, redis_pid]
-
-
-# -- topology ------------------------------------------------------------------------------------
-
-
-def test_replicas_stream_from_primary_and_are_read_only(replica_cluster):
-    primary = replica_cluster.primary
-    assert not primary.is_in_recovery()
-    streaming = {
-        row[0]: row[1] for row in primary.query("SELECT application_name, state FROM pg_stat_replication")
-    }
-    assert streaming == {"replica1": "streaming", "replica2": "streaming"}
-    for replica in replica_cluster.replicas:
-        assert replica.is_in_recovery()
-        conn = replica.connect()
-        try:
-            with conn.cursor() as cur, pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
-                cur.execute("CREATE TABLE must_fail (id int)")
-        finally:
-            conn.close()
-
-
-def test_row_written_on_primary_appears_on_replicas(replica_cluster):
-    table = _table(replica_cluster)
-    replica_cluster.primary.query(f"INSERT INTO {table} VALUES (1, 'hello')")
-    lsn = replica_cluster.wait_caught_up()
-    for replica in replica_cluster.replicas:
-        assert replica.scalar(f"SELECT v FROM {table} WHERE id = 1") == "hello"
-        assert replica_cluster.lag_bytes(replica, lsn) == 0
+# -- settings and SQL-level controls (session cluster) -------------------------------------------
 
 
 def test_node_settings_and_dsn_reach_the_node(replica_cluster):
@@ -92,31 +47,8 @@ def test_node_settings_and_dsn_reach_the_node(replica_cluster):
     ]
 
 
-# -- replay faults -------------------------------------------------------------------------------
-
-
-def test_pause_replay_keeps_replica_behind_and_resume_catches_up(replica_cluster):
-    table = _table(replica_cluster)
-    replica_cluster.wait_caught_up()
-    paused_at = replica_cluster.pause_replay("replica1")
-    replica_cluster.primary.query(f"INSERT INTO {table} SELECT g, 'x' FROM generate_series(1, 100) g")
-    replica_cluster.wait_caught_up(["replica2"])
-
-    replica1 = replica_cluster.node("replica1")
-    assert replica_cluster.replay_lsn(replica1) == paused_at
-    assert replica_cluster.lag_bytes(replica1) > 0
-    assert _count(replica1, table) == 0
-    assert _count(replica_cluster.node("replica2"), table) == 100
-    assert replica_cluster.faults.paused == {"replica1"}
-
-    replica_cluster.resume_replay("replica1")
-    assert replica_cluster.lag_bytes(replica1) == 0
-    assert _count(replica1, table) == 100
-    assert not replica_cluster.faults.any()
-
-
 def test_delay_replay_delays_visibility(replica_cluster):
-    table = _table(replica_cluster)
+    table = new_table(replica_cluster)
     replica_cluster.wait_caught_up()
     replica_cluster.delay_replay("replica2", 1.5)
     assert replica_cluster.node("replica2").scalar("SHOW recovery_min_apply_delay") == "1500ms"
@@ -124,10 +56,10 @@ def test_delay_replay_delays_visibility(replica_cluster):
         replica_cluster.primary.query(f"INSERT INTO {table} VALUES (1, 'late')")
         committed = time.monotonic()
         replica_cluster.wait_caught_up(["replica1"])
-        assert _count(replica_cluster.node("replica2"), table) == 0
+        assert row_count(replica_cluster.node("replica2"), table) == 0
         wait_for(
             "the delayed row",
-            lambda: _count(replica_cluster.node("replica2"), table) == 1,
+            lambda: row_count(replica_cluster.node("replica2"), table) == 1,
             timeout=10,
         )
         assert time.monotonic() - committed >= 1.0
@@ -149,73 +81,6 @@ def test_terminate_backends_kills_client_connections(replica_cluster):
     finally:
         victim.close()
     assert replica.scalar("SELECT 1") == 1
-
-
-# -- process faults ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", ["fast", "immediate", "kill"])
-def test_stop_and_start_replica(replica_cluster, mode):
-    """Fault: replica stopped (pg_ctl fast/immediate) or killed (SIGKILL); start brings it back streaming."""
-    replica = replica_cluster.node("replica2")
-    replica_cluster.stop(replica, mode)
-    assert replica_cluster.postmaster_pid(replica) is None
-    assert not replica.accepts_connections(timeout=1)
-    assert replica_cluster.faults.stopped == {"replica2"}
-
-    table = _table(replica_cluster)
-    replica_cluster.primary.query(f"INSERT INTO {table} VALUES (1, 'while down')")
-    replica_cluster.start(replica)
-    assert not replica_cluster.faults.any()
-    replica_cluster.wait_caught_up()
-    assert _count(replica, table) == 1
-
-
-def test_stop_and_start_primary(replica_cluster):
-    """Fault: primary stopped; writes are impossible until it is started, then replicas stream again."""
-    primary = replica_cluster.primary
-    replica_cluster.stop(primary, "fast")
-    with pytest.raises(psycopg2.OperationalError):
-        primary.connect(timeout=2)
-    assert replica_cluster.node("replica1").scalar("SELECT 1") == 1  # replicas still serve reads
-    replica_cluster.start(primary)
-    rows = primary.query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
-    assert {r[0] for r in rows} == {"replica1", "replica2"}
-
-
-def test_freeze_and_thaw(replica_cluster):
-    """Fault: replica frozen (SIGSTOP of its process tree); connects time out until it is thawed."""
-    replica = replica_cluster.node("replica1")
-    postmaster = replica_cluster.postmaster_pid(replica)
-    replica_cluster.freeze(replica)
-    try:
-        assert all(procs.process_state(pid) == "T" for pid in procs.process_tree(postmaster))
-        started = time.monotonic()
-        with pytest.raises(psycopg2.OperationalError):
-            psycopg2.connect(replica.dsn, connect_timeout=2)
-        assert time.monotonic() - started >= 1.5  # it hung until the timeout rather than being refused
-    finally:
-        replica_cluster.thaw(replica)
-    assert all(procs.process_state(pid) != "T" for pid in procs.process_tree(postmaster))
-    conn = psycopg2.connect(replica.dsn, connect_timeout=2)
-    conn.close()
-    assert not replica_cluster.faults.any()
-
-
-def test_stop_and_start_redis(replica_cluster):
-    """Fault: Redis stopped; clients get connection errors until it is started again (empty)."""
-    client = redis.Redis.from_url(replica_cluster.redis_url, socket_timeout=1)
-    try:
-        client.set("k", "v")
-        replica_cluster.stop_redis()
-        with pytest.raises(redis.ConnectionError):
-            client.get("k")
-        assert replica_cluster.faults.redis_stopped
-        replica_cluster.start_redis()
-        assert client.ping()
-        assert client.get("k") is None  # no persistence: a restarted Redis is empty
-    finally:
-        client.close()
 
 
 def test_heal_undoes_every_fault(replica_cluster):
@@ -240,46 +105,13 @@ def test_fault_controls_reject_bad_arguments(replica_cluster):
         replica_cluster.promote("primary")
 
 
-# -- promotion and lifecycle (own clusters) ------------------------------------------------------
-
-
-def test_promote_makes_replica_writable_and_other_replica_follows(replica_cluster_factory):
-    cluster = replica_cluster_factory()
-    table = _table(cluster)
-    cluster.primary.query(f"INSERT INTO {table} VALUES (1, 'before')")
-    cluster.wait_caught_up()
-    old_primary = cluster.primary
-    cluster.stop(old_primary, "fast")
-
-    cluster.promote("replica1")
-    new_primary = cluster.node("replica1")
-    assert cluster.primary is new_primary and old_primary.role == "detached"
-    assert not new_primary.is_in_recovery()
-    new_primary.query(f"INSERT INTO {table} VALUES (2, 'after')")
-    replica2 = cluster.node("replica2")
-    assert cluster.replicas == [replica2]
-    assert replica2.scalar("SELECT sender_port FROM pg_stat_wal_receiver") == new_primary.port
-    cluster.wait_caught_up()
-    assert _count(replica2, table) == 2
-
-
-def test_down_leaves_no_process_and_no_directory(replica_cluster_factory):
-    cluster = replica_cluster_factory(replicas=1)
-    pids = _server_pids(cluster)
-    directory = cluster.dir
-    started = time.monotonic()
-    cluster.down()
-    took = time.monotonic() - started
-    assert [pid for pid in pids if procs.alive(pid)] == []
-    assert not directory.exists()
-    assert not cluster.is_up
-    print(f"down took {took:.3f} s")
+# -- lifecycle of the local backend --------------------------------------------------------------
 
 
 def test_exception_inside_with_block_still_cleans_up():
     cluster = LocalCluster(replicas=1)
     with pytest.raises(RuntimeError, match="boom"), cluster:
-        pids = _server_pids(cluster)
+        pids = server_pids(cluster)
         directory = cluster.dir
         raise RuntimeError("boom")
     assert [pid for pid in pids if procs.alive(pid)] == []

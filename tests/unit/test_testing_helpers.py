@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from replicarouter.testing import ClusterError, Node, django_settings
-from replicarouter.testing.base import ClusterBase, _setting_millis
+from replicarouter.testing import ClusterError, LocalCluster, Node, django_settings
+from replicarouter.testing.base import ClusterBase
+from replicarouter.testing.docker import DockerCluster
+from replicarouter.testing.faults import _setting_millis
 from replicarouter.testing.plugin import cluster_required
 from replicarouter.testing.settings import cluster, environment
 
 
 def _cluster(password: str | None = None) -> ClusterBase:
-    instance = ClusterBase()
+    instance = LocalCluster()  # never started: only its topology is used
     instance.nodes = [
         Node("primary", "127.0.0.1", 5501, "app", "postgres", password, "primary"),
         Node("replica1", "127.0.0.1", 5502, "app", "postgres", password, "replica"),
@@ -58,6 +60,21 @@ def test_topology_follows_roles():
     assert list(instance.databases()) == ["default", "replica2"]
     with pytest.raises(ClusterError, match="no node 'nope'"):
         instance.node("nope")
+
+
+BACKEND_METHODS = {
+    "up", "stop", "start", "freeze", "thaw", "stop_redis", "start_redis",
+    "_upstream_conninfo", "_is_sender", "_log_tail",
+}  # fmt: skip
+
+
+def test_cluster_base_is_abstract_over_what_a_backend_provides():
+    with pytest.raises(TypeError, match="abstract"):
+        ClusterBase()  # type: ignore[abstract]
+    assert ClusterBase.__abstractmethods__ == BACKEND_METHODS
+    for backend in (LocalCluster, DockerCluster):
+        assert not backend.__abstractmethods__
+        assert set(vars(backend)) >= BACKEND_METHODS
 
 
 def test_password_is_in_dsn_but_not_in_repr():
