@@ -46,8 +46,13 @@ def _modules(under: Path) -> set[str]:
     found = set()
     for path in under.rglob("*.py"):
         relative = path.relative_to(under).as_posix()
-        if path.name == "__init__.py" and relative != "__init__.py" and not path.read_text().strip():
-            continue  # an empty package marker is not a module of its own
+        body = ast.parse(path.read_text()).body
+        if (
+            path.name == "__init__.py"
+            and relative != "__init__.py"
+            and all(isinstance(n, ast.Expr) for n in body)
+        ):
+            continue  # a package marker (empty, or its docstring only) is not a module of its own
         found.add(relative)
     return found
 
