@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -55,13 +56,15 @@ def configure_django(cluster: ClusterBase, **kwargs: Any) -> dict[str, Any]:
 
 def reload_databases() -> None:
     """Make ``django.db.connections`` read ``settings.DATABASES`` again (after it was replaced)."""
-    from asgiref.local import Local
     from django.db import connections
 
-    # ConnectionHandler caches the DATABASES it read first (a cached_property)
-    connections._settings = None
-    connections.__dict__.pop("settings", None)
-    connections._connections = Local(connections.thread_critical)
+    # the wrappers made from the old DATABASES go (``del connections[alias]`` is Django's own way, as its
+    # test runner does when it tears databases down); ConnectionHandler.settings is a cached_property, set
+    # again from configure_settings(None), which reads settings.DATABASES
+    for alias in list(connections.settings):
+        with contextlib.suppress(AttributeError):  # never used in this thread
+            del connections[alias]
+    connections.settings = connections.configure_settings(None)
 
 
 def docker_available(timeout: float = 3.0) -> bool:
