@@ -1,15 +1,20 @@
 """System checks: every replicarouter misconfiguration gets a stable id and a hint.
 
-Pools: E001 CONN_MAX_AGE with a pooled alias; E002 invalid POOL; E003 pool options inside OPTIONS;
-E004 psycopg2 missing; E005 psycopg 3 installed (Django would drive it instead of psycopg2);
-W001 POOL on an alias that does not use the pooled backend.
-Topology and settings (found by ``topology.build`` and ``conf.settings_problems``): E010 malformed
-CLUSTERS; E011 unknown alias; E012 alias in two roles; E013 cluster alias not on the pooled backend;
-E014 bad weight; E015 primary listed as its own replica; E016 app label in two clusters; E017 invalid
-REPLICAROUTER value. Wiring: W010 router without the middleware; W011 replicas configured but the
-router not installed; W012 replica alias without TEST MIRROR; W013 our middleware placed before the
-session/authentication middleware it reads; W014 PROMOTE_AFTER without REDIS_URL (promotion needs the
-Redis lease that makes one process the cluster's leader, so it would never happen).
+One id per condition (so each can be looked up and silenced alone). Pools: E001 CONN_MAX_AGE with a
+pooled alias; E002 POOL not a dict; E050 unknown POOL key; E051–E058 an invalid value of one POOL key
+(one id per key, from ``settings_schema.POOL_OPTIONS``); E003 pool options inside OPTIONS; E004
+psycopg2 missing; E005 psycopg 3 installed (Django would drive it instead of psycopg2); W001 POOL on an
+alias that does not use the pooled backend.
+Topology and settings (found by ``topology.build`` and ``conf.settings_problems``): E010 CLUSTERS not a
+dict; E019 a cluster not a dict with a PRIMARY alias; E020 unknown keys in a cluster; E021 REPLICAS
+neither a list nor a dict; E022 APPS not a list of app labels; E011 unknown alias; E012 alias in two
+roles; E013 cluster alias not on the pooled backend; E014 bad weight; E015 primary listed as its own
+replica; E016 app label in two clusters; E017 REPLICAROUTER not a dict; E018 unknown REPLICAROUTER
+keys; E030–E045 an invalid value of one REPLICAROUTER key (one id per key, from
+``settings_schema.REPLICAROUTER_OPTIONS``). Wiring: W010 router without the middleware; W011 replicas
+configured but the router not installed; W012 replica alias without TEST MIRROR; W013 our middleware
+placed before the session/authentication middleware it reads; W014 PROMOTE_AFTER without REDIS_URL
+(promotion needs the Redis lease that makes one process the cluster's leader, so it would never happen).
 """
 
 from __future__ import annotations
@@ -20,33 +25,52 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
 from replicarouter.routing.topology import build as build_topology
+from replicarouter.settings_schema import POOL_OPTIONS, REPLICAROUTER_OPTIONS, Kind
 
 from .conf import settings_problems
-from .pool import POOL_DEFAULTS, pool_settings_problems
+from .pool import POOL_DEFAULTS, pool_problems
 
 ENGINE = "replicarouter.backends.postgresql"
 
-#: every check id this module can emit (a test makes each fire and checks they are unique)
-CHECK_IDS = (
-    "replicarouter.E001",
-    "replicarouter.E002",
-    "replicarouter.E003",
-    "replicarouter.E004",
-    "replicarouter.E005",
-    "replicarouter.E010",
-    "replicarouter.E011",
-    "replicarouter.E012",
-    "replicarouter.E013",
-    "replicarouter.E014",
-    "replicarouter.E015",
-    "replicarouter.E016",
-    "replicarouter.E017",
-    "replicarouter.W001",
-    "replicarouter.W010",
-    "replicarouter.W011",
-    "replicarouter.W012",
-    "replicarouter.W013",
-    "replicarouter.W014",
+#: every check id this module can emit (a test makes each fire and checks they are unique): the
+#: conditions below, and one id per REPLICAROUTER / POOL key for a wrong value of it (the schema's)
+CHECK_IDS = tuple(
+    sorted(
+        (
+            "replicarouter.E001",
+            "replicarouter.E002",
+            "replicarouter.E003",
+            "replicarouter.E004",
+            "replicarouter.E005",
+            "replicarouter.E010",
+            "replicarouter.E011",
+            "replicarouter.E012",
+            "replicarouter.E013",
+            "replicarouter.E014",
+            "replicarouter.E015",
+            "replicarouter.E016",
+            "replicarouter.E017",
+            "replicarouter.E018",
+            "replicarouter.E019",
+            "replicarouter.E020",
+            "replicarouter.E021",
+            "replicarouter.E022",
+            "replicarouter.E050",
+            "replicarouter.W001",
+            "replicarouter.W010",
+            "replicarouter.W011",
+            "replicarouter.W012",
+            "replicarouter.W013",
+            "replicarouter.W014",
+            # CLUSTERS is validated by topology.build, under E010 and E011–E016, E019–E022 above
+            *(
+                option.check_id
+                for table in (REPLICAROUTER_OPTIONS, POOL_OPTIONS)
+                for option in table.values()
+                if option.kind is not Kind.CLUSTERS
+            ),
+        )
+    )
 )
 ROUTER = "replicarouter.router.ReplicaRouter"
 MIDDLEWARE = "replicarouter.middleware.ReplicaRouterMiddleware"
@@ -92,15 +116,12 @@ def pooled_alias_messages(databases: dict[str, dict[str, Any]]) -> list[CheckMes
                     id="replicarouter.E001",
                 )
             )
-        problems = pool_settings_problems(entry.get("POOL"))
-        if problems:
+        for problem in pool_problems(entry.get("POOL")):
             messages.append(
                 Error(
-                    f"DATABASES[{alias!r}]['POOL'] is invalid: " + "; ".join(problems) + ".",
-                    hint="Valid keys and defaults: "
-                    + ", ".join(f"{key}={value!r}" for key, value in POOL_DEFAULTS.items())
-                    + " (see docs/configuration.md).",
-                    id="replicarouter.E002",
+                    f"DATABASES[{alias!r}]['POOL'] is invalid: {problem.msg}.",
+                    hint=f"{problem.hint} See docs/configuration.md.",
+                    id=problem.id,
                 )
             )
         misplaced = sorted(set(entry.get("OPTIONS", {})) & _POOL_KEYS_IN_OPTIONS)

@@ -3,204 +3,111 @@
 Values are read from ``django.conf.settings`` at access time, so ``override_settings`` works; nothing is
 read at import. The topology is rebuilt when DATABASES or REPLICAROUTER change (``setting_changed`` or a
 new object assigned to either), and is otherwise a cached object: the router's hot path pays two identity
-checks for it.
+checks for it. Keys, defaults, conversion and validation come from the schema
+(``settings_schema.REPLICAROUTER_OPTIONS``); ``Settings`` only names each key's type.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 
-from .exceptions import ConfigurationError
-from .routing import topology as topology_module
+from replicarouter.routing import topology as topology_module
+from replicarouter.settings_schema import REPLICAROUTER_OPTIONS, Option, Problem, defaults, invalid_values
 
-DEFAULTS: dict[str, Any] = {
-    "CLUSTERS": None,
-    "REDIS_URL": None,
-    "KEY_PREFIX": "replicarouter",
-    "CHECK_INTERVAL": 0.5,
-    "CHECK_TIMEOUT": 0.5,
-    "MAX_LAG_SECONDS": 10.0,
-    "MAX_LAG_BYTES": 16 * 1024 * 1024,
-    "FALL": 2,
-    "RISE": 2,
-    "STICKY": "lsn",
-    "STICKY_SECONDS": 120.0,
-    "STICKY_SCOPE": "session",
-    "BALANCE": "round_robin",
-    "READ_TIMEOUT": 2.0,
-    "RETRY_READS": True,
-    "CONNECT_TIMEOUT": 2,
-    "PROMOTE_AFTER": None,
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "STICKY": ("lsn", "time", "off"),
-    "STICKY_SCOPE": ("session", "user"),
-    "BALANCE": ("round_robin", "random", "least_lag"),
-}
-POSITIVE_NUMBERS = ("CHECK_INTERVAL", "CHECK_TIMEOUT", "MAX_LAG_SECONDS", "MAX_LAG_BYTES", "STICKY_SECONDS")
-POSITIVE_INTEGERS = ("FALL", "RISE", "CONNECT_TIMEOUT")
-#: positive numbers that may also be None (feature off)
-OPTIONAL_NUMBERS = ("READ_TIMEOUT", "PROMOTE_AFTER")
+from .exceptions import ConfigurationError
+
+#: ``{key: default}`` of ``REPLICAROUTER`` (derived from the schema, settings_schema.REPLICAROUTER_OPTIONS)
+DEFAULTS: dict[str, Any] = defaults(REPLICAROUTER_OPTIONS)
+
+T = TypeVar("T")
+
+
+class _Setting(Generic[T]):
+    """A ``REPLICAROUTER`` key, read at access time and converted as its schema entry says."""
+
+    option: Option
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.option = REPLICAROUTER_OPTIONS[name]
+        self.__doc__ = self.option.doc
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> _Setting[T]: ...
+
+    @overload
+    def __get__(self, instance: Settings, owner: type[Any]) -> T: ...
+
+    def __get__(self, instance: Settings | None, owner: type[Any]) -> _Setting[T] | T:
+        if instance is None:
+            return self
+        option = self.option
+        values = getattr(django_settings, "REPLICAROUTER", None) or {}
+        return cast(T, option.convert(values.get(option.name, option.default)))
+
+    def __set__(self, instance: Settings, value: Any) -> None:
+        # read-only, like the properties these replaced: settings come from django.conf.settings
+        raise AttributeError(f"REPLICAROUTER[{self.option.name!r}] is read from django.conf.settings")
 
 
 class Settings:
-    """Typed, lazy access to ``settings.REPLICAROUTER`` with documented defaults."""
+    """Typed, lazy access to ``settings.REPLICAROUTER`` with documented defaults (one per schema entry)."""
 
-    def _get(self, key: str) -> Any:
-        values = getattr(django_settings, "REPLICAROUTER", None) or {}
-        return values.get(key, DEFAULTS[key])
-
-    @property
-    def CLUSTERS(self) -> Mapping[str, Any] | None:
-        return self._get("CLUSTERS")  # type: ignore[no-any-return]
-
-    @property
-    def REDIS_URL(self) -> str | None:
-        return self._get("REDIS_URL")  # type: ignore[no-any-return]
-
-    @property
-    def KEY_PREFIX(self) -> str:
-        return str(self._get("KEY_PREFIX"))
-
-    @property
-    def CHECK_INTERVAL(self) -> float:
-        return float(self._get("CHECK_INTERVAL"))
-
-    @property
-    def CHECK_TIMEOUT(self) -> float:
-        return float(self._get("CHECK_TIMEOUT"))
-
-    @property
-    def MAX_LAG_SECONDS(self) -> float:
-        return float(self._get("MAX_LAG_SECONDS"))
-
-    @property
-    def MAX_LAG_BYTES(self) -> int:
-        return int(self._get("MAX_LAG_BYTES"))
-
-    @property
-    def FALL(self) -> int:
-        return int(self._get("FALL"))
-
-    @property
-    def RISE(self) -> int:
-        return int(self._get("RISE"))
-
-    @property
-    def STICKY(self) -> str:
-        return str(self._get("STICKY"))
-
-    @property
-    def STICKY_SECONDS(self) -> float:
-        return float(self._get("STICKY_SECONDS"))
-
-    @property
-    def STICKY_SCOPE(self) -> str:
-        return str(self._get("STICKY_SCOPE"))
-
-    @property
-    def BALANCE(self) -> str:
-        return str(self._get("BALANCE"))
-
-    @property
-    def READ_TIMEOUT(self) -> float | None:
-        value = self._get("READ_TIMEOUT")
-        return None if value is None else float(value)
-
-    @property
-    def RETRY_READS(self) -> bool:
-        return bool(self._get("RETRY_READS"))
-
-    @property
-    def CONNECT_TIMEOUT(self) -> int:
-        return int(self._get("CONNECT_TIMEOUT"))
-
-    @property
-    def PROMOTE_AFTER(self) -> float | None:
-        value = self._get("PROMOTE_AFTER")
-        return None if value is None else float(value)
+    CLUSTERS: _Setting[Mapping[str, Any] | None] = _Setting()
+    REDIS_URL: _Setting[str | None] = _Setting()
+    KEY_PREFIX: _Setting[str] = _Setting()
+    CHECK_INTERVAL: _Setting[float] = _Setting()
+    CHECK_TIMEOUT: _Setting[float] = _Setting()
+    MAX_LAG_SECONDS: _Setting[float] = _Setting()
+    MAX_LAG_BYTES: _Setting[int] = _Setting()
+    FALL: _Setting[int] = _Setting()
+    RISE: _Setting[int] = _Setting()
+    STICKY: _Setting[str] = _Setting()
+    STICKY_SECONDS: _Setting[float] = _Setting()
+    STICKY_SCOPE: _Setting[str] = _Setting()
+    BALANCE: _Setting[str] = _Setting()
+    READ_TIMEOUT: _Setting[float | None] = _Setting()
+    RETRY_READS: _Setting[bool] = _Setting()
+    CONNECT_TIMEOUT: _Setting[int] = _Setting()
+    PROMOTE_AFTER: _Setting[float | None] = _Setting()
 
 
 settings = Settings()
 
 
-def settings_problems(values: Any) -> list[topology_module.Problem]:
+def settings_problems(values: Any) -> list[Problem]:
     """Return the problems of a ``REPLICAROUTER`` dict other than its CLUSTERS (see topology.build)."""
     if values is None:
         return []
     if not isinstance(values, Mapping):
         return [
-            topology_module.Problem(
+            Problem(
                 "replicarouter.E017",
                 f"REPLICAROUTER must be a dict, not {type(values).__name__}.",
                 "See docs/configuration.md for its keys.",
             )
         ]
     problems = []
-    unknown = sorted(set(values) - set(DEFAULTS))
+    unknown = sorted(set(values) - set(REPLICAROUTER_OPTIONS))
     if unknown:
         problems.append(
-            topology_module.Problem(
-                "replicarouter.E017",
+            Problem(
+                "replicarouter.E018",
                 f"REPLICAROUTER has unknown keys {unknown}.",
-                f"Valid keys: {', '.join(DEFAULTS)}.",
+                f"Valid keys: {', '.join(REPLICAROUTER_OPTIONS)}.",
             )
         )
-    for key, choices in CHOICES.items():
-        if key in values and values[key] not in choices:
-            problems.append(
-                topology_module.Problem(
-                    "replicarouter.E017",
-                    f"REPLICAROUTER[{key!r}] is {values[key]!r}.",
-                    f"Use one of {', '.join(map(repr, choices))}.",
-                )
-            )
-    for key in POSITIVE_NUMBERS + POSITIVE_INTEGERS:
-        if key not in values:
-            continue
-        value = values[key]
-        kind = int if key in POSITIVE_INTEGERS else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-            problems.append(
-                topology_module.Problem(
-                    "replicarouter.E017",
-                    f"REPLICAROUTER[{key!r}] is {value!r}; it must be a positive "
-                    f"{'integer' if key in POSITIVE_INTEGERS else 'number'}.",
-                    f"The default is {DEFAULTS[key]!r}.",
-                )
-            )
-    for key in OPTIONAL_NUMBERS:
-        value = values.get(key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and (not number or value <= 0):
-            problems.append(
-                topology_module.Problem(
-                    "replicarouter.E017",
-                    f"REPLICAROUTER[{key!r}] is {value!r}; it must be a positive number or None.",
-                    f"The default is {DEFAULTS[key]!r}.",
-                )
-            )
-    if "RETRY_READS" in values and not isinstance(values["RETRY_READS"], bool):
+    for option, value in invalid_values(REPLICAROUTER_OPTIONS, values):
         problems.append(
-            topology_module.Problem(
-                "replicarouter.E017",
-                f"REPLICAROUTER['RETRY_READS'] is {values['RETRY_READS']!r}; it must be True or False.",
-                "The default is True.",
+            Problem(
+                option.check_id,
+                f"REPLICAROUTER[{option.name!r}] is {value!r}; it must be {option.requirement()}.",
+                option.hint(),
             )
         )
-    for key in ("REDIS_URL", "KEY_PREFIX"):
-        if key in values and values[key] is not None and not isinstance(values[key], str):
-            problems.append(
-                topology_module.Problem(
-                    "replicarouter.E017",
-                    f"REPLICAROUTER[{key!r}] must be a string.",
-                    "For example 'redis://localhost:6379/0'.",
-                )
-            )
     return problems
 
 

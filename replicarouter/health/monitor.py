@@ -56,12 +56,7 @@ return 0
 
 def rules() -> Rules:
     """Return the state-machine rules from the settings."""
-    return Rules(
-        fall=settings.FALL,
-        rise=settings.RISE,
-        max_lag_seconds=settings.MAX_LAG_SECONDS,
-        max_lag_bytes=settings.MAX_LAG_BYTES,
-    )
+    return Rules.from_settings(settings)
 
 
 def _databases() -> dict[str, Any]:

@@ -16,19 +16,49 @@ from __future__ import annotations
 
 import collections
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
+
+from replicarouter.settings_schema import REPLICAROUTER_OPTIONS as _OPTIONS
 
 from .probe import ProbeResult
 
 STATES = ("up", "lagging", "down", "unknown")
 
 
+class RuleSettings(Protocol):
+    """The settings the rules come from (``conf.settings``, or any object with these attributes)."""
+
+    @property
+    def FALL(self) -> int: ...
+
+    @property
+    def RISE(self) -> int: ...
+
+    @property
+    def MAX_LAG_SECONDS(self) -> float: ...
+
+    @property
+    def MAX_LAG_BYTES(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class Rules:
-    fall: int = 2
-    rise: int = 2
-    max_lag_seconds: float = 10.0
-    max_lag_bytes: int = 16 * 1024 * 1024
+    """When a node changes state: ``FALL`` / ``RISE`` probes in a row, lag limits (defaults: the schema's)."""
+
+    fall: int = _OPTIONS["FALL"].default
+    rise: int = _OPTIONS["RISE"].default
+    max_lag_seconds: float = _OPTIONS["MAX_LAG_SECONDS"].default
+    max_lag_bytes: int = _OPTIONS["MAX_LAG_BYTES"].default
+
+    @classmethod
+    def from_settings(cls, settings: RuleSettings) -> Rules:
+        """Return the rules that ``FALL``, ``RISE``, ``MAX_LAG_SECONDS`` and ``MAX_LAG_BYTES`` give."""
+        return cls(
+            fall=settings.FALL,
+            rise=settings.RISE,
+            max_lag_seconds=settings.MAX_LAG_SECONDS,
+            max_lag_bytes=settings.MAX_LAG_BYTES,
+        )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from dataclasses import replace
 from typing import Any
 
 from replicarouter import pool as pools
@@ -50,9 +51,7 @@ def _probe_once(cluster: Any, databases: dict[str, Any]) -> tuple[dict[str, Node
         results = prober.probe(timeout)
     finally:
         prober.close()
-    rules = Rules(
-        fall=1, rise=1, max_lag_seconds=settings.MAX_LAG_SECONDS, max_lag_bytes=settings.MAX_LAG_BYTES
-    )
+    rules = replace(Rules.from_settings(settings), fall=1, rise=1)
     # a one-off probe: judged on itself alone (no history, no state-change log lines)
     return judge(cluster, initial_nodes(cluster, databases), results, rules=rules, history=None, log=False)
 

@@ -23,7 +23,7 @@ Design:
 
 from __future__ import annotations
 
-from .options import POOL_DEFAULTS, RESET_MODES, PoolOptions, pool_settings_problems
+from .options import POOL_DEFAULTS, RESET_MODES, PoolOptions, pool_problems, pool_settings_problems
 from .pool import Borrowed, ConnectionPool, PoolCounters
 from .registry import PoolRegistry, registry
 from .reset import ResetPlan, reset_plan
@@ -37,6 +37,7 @@ __all__ = [
     "PoolOptions",
     "PoolRegistry",
     "ResetPlan",
+    "pool_problems",
     "pool_settings_problems",
     "registry",
     "reset_plan",

@@ -1,4 +1,8 @@
-"""Pool options: an alias's ``POOL`` settings, their defaults and their validation."""
+"""Pool options: an alias's ``POOL`` settings, validated and converted as the schema says.
+
+Keys, defaults, accepted values and check ids are ``settings_schema.POOL_OPTIONS``; ``PoolOptions``
+names each key's type (its field is the key in lower case).
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from replicarouter.exceptions import ConfigurationError
+from replicarouter.settings_schema import POOL_OPTIONS, Problem, defaults, invalid_values
 
-RESET_MODES = ("auto", "always", "rollback")
+RESET_MODES = POOL_OPTIONS["RESET"].choices
 
-POOL_DEFAULTS: dict[str, Any] = {
-    "SIZE": 10,
-    "MAX_OVERFLOW": 10,
-    "TIMEOUT": 5.0,
-    "RECYCLE": 1800,
-    "PRE_PING": False,
-    "RESET": "auto",
-    "LIFO": True,
-    "LEAK_WARNING": None,
-}
+POOL_DEFAULTS: dict[str, Any] = defaults(POOL_OPTIONS)
 
 
 @dataclass(frozen=True)
 class PoolOptions:
     """An alias's ``POOL`` settings, validated (see docs/configuration.md)."""
 
-    size: int = 10
-    max_overflow: int = 10
-    timeout: float = 5.0
-    recycle: int = 1800
-    pre_ping: bool = False
-    reset: str = "auto"
-    lifo: bool = True
-    leak_warning: float | None = None
+    size: int = POOL_OPTIONS["SIZE"].default
+    max_overflow: int = POOL_OPTIONS["MAX_OVERFLOW"].default
+    timeout: float = POOL_OPTIONS["TIMEOUT"].default
+    recycle: int = POOL_OPTIONS["RECYCLE"].default
+    pre_ping: bool = POOL_OPTIONS["PRE_PING"].default
+    reset: str = POOL_OPTIONS["RESET"].default
+    lifo: bool = POOL_OPTIONS["LIFO"].default
+    leak_warning: float | None = POOL_OPTIONS["LEAK_WARNING"].default
 
     @classmethod
     def from_settings(cls, alias: str, settings: Mapping[str, Any] | None) -> PoolOptions:
@@ -41,51 +37,39 @@ class PoolOptions:
         problems = pool_settings_problems(settings)
         if problems:
             raise ConfigurationError(f"DATABASES[{alias!r}]['POOL'] is invalid: " + "; ".join(problems))
-        values = {**POOL_DEFAULTS, **(settings or {})}
-        recycle = values["RECYCLE"]
+        values = settings or {}
         return cls(
-            size=int(values["SIZE"]),
-            max_overflow=int(values["MAX_OVERFLOW"]),
-            timeout=float(values["TIMEOUT"]),
-            recycle=-1 if recycle is None else int(recycle),
-            pre_ping=bool(values["PRE_PING"]),
-            reset=str(values["RESET"]),
-            lifo=bool(values["LIFO"]),
-            leak_warning=None if values["LEAK_WARNING"] is None else float(values["LEAK_WARNING"]),
+            **{
+                option.field: option.convert(values.get(name, option.default))
+                for name, option in POOL_OPTIONS.items()
+            }
         )
+
+
+def pool_problems(settings: Any) -> list[Problem]:
+    """Return what is wrong with a ``POOL`` dict, one problem (check id, message, hint) per mistake."""
+    if settings is None:
+        return []
+    if not isinstance(settings, Mapping):
+        return [Problem("replicarouter.E002", f"must be a dict, not {type(settings).__name__}", _keys_hint())]
+    problems = [
+        Problem("replicarouter.E050", f"unknown key {key!r}", _keys_hint())
+        for key in settings
+        if key not in POOL_OPTIONS
+    ]
+    for option, value in invalid_values(POOL_OPTIONS, settings):
+        problems.append(
+            Problem(
+                option.check_id, f"{option.name} must be {option.requirement()}, not {value!r}", option.hint()
+            )
+        )
+    return problems
+
+
+def _keys_hint() -> str:
+    return "Valid keys and defaults: " + ", ".join(f"{k}={v!r}" for k, v in POOL_DEFAULTS.items()) + "."
 
 
 def pool_settings_problems(settings: Any) -> list[str]:
     """Return what is wrong with a ``POOL`` dict, one message per problem (empty when valid)."""
-    if settings is None:
-        return []
-    if not isinstance(settings, Mapping):
-        return [f"must be a dict, not {type(settings).__name__}"]
-    problems = [f"unknown key {key!r}" for key in settings if key not in POOL_DEFAULTS]
-
-    def number(key: str, minimum: float, allow_none: bool = False, integer: bool = False) -> None:
-        if key not in settings:
-            return
-        value = settings[key]
-        if value is None and allow_none:
-            return
-        kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-            what = "an integer" if integer else "a number"
-            problems.append(
-                f"{key} must be {what} >= {minimum}{' or None' if allow_none else ''}, not {value!r}"
-            )
-
-    number("SIZE", 1, integer=True)
-    number("MAX_OVERFLOW", -1, integer=True)
-    number("TIMEOUT", 0)
-    number("RECYCLE", -1, allow_none=True, integer=True)
-    number("LEAK_WARNING", 0, allow_none=True)
-    for key in ("PRE_PING", "LIFO"):
-        if key in settings and not isinstance(settings[key], bool):
-            problems.append(f"{key} must be True or False, not {settings[key]!r}")
-    if "RESET" in settings and settings["RESET"] not in RESET_MODES:
-        problems.append(
-            f"RESET must be one of {', '.join(map(repr, RESET_MODES))}, not {settings['RESET']!r}"
-        )
-    return problems
+    return [problem.msg for problem in pool_problems(settings)]

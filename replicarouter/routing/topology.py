@@ -10,16 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from replicarouter.settings_schema import Problem
+
+__all__ = ["ENGINE", "Cluster", "Problem", "Topology", "build", "smooth_rotation"]
+
 ENGINE = "replicarouter.backends.postgresql"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One topology mistake: a check id, what is wrong, and how to fix it."""
-
-    id: str
-    msg: str
-    hint: str
 
 
 @dataclass(frozen=True)
@@ -140,7 +135,7 @@ def _build_cluster(
     if not isinstance(spec, Mapping) or not isinstance(spec.get("PRIMARY"), str):
         problems.append(
             Problem(
-                "replicarouter.E010",
+                "replicarouter.E019",
                 f"{where} must be a dict with a 'PRIMARY' alias (and 'REPLICAS').",
                 "For example {'PRIMARY': 'default', 'REPLICAS': ['replica1', 'replica2']}.",
             )
@@ -150,7 +145,7 @@ def _build_cluster(
     if unknown_keys:
         problems.append(
             Problem(
-                "replicarouter.E010",
+                "replicarouter.E020",
                 f"{where} has unknown keys {unknown_keys}.",
                 "Valid keys: PRIMARY, REPLICAS, APPS.",
             )
@@ -164,7 +159,7 @@ def _build_cluster(
     else:
         problems.append(
             Problem(
-                "replicarouter.E010",
+                "replicarouter.E021",
                 f"{where}['REPLICAS'] must be a list of aliases or a dict alias -> weight.",
                 "For example ['replica1', 'replica2'] or {'replica1': 2, 'replica2': 1}.",
             )
@@ -214,7 +209,7 @@ def _build_cluster(
     if not isinstance(apps, list | tuple) or not all(isinstance(a, str) for a in apps):
         problems.append(
             Problem(
-                "replicarouter.E010",
+                "replicarouter.E022",
                 f"{where}['APPS'] must be a list of app labels.",
                 "For example ['billing'].",
             )

@@ -1,12 +1,15 @@
 """The docs agree with the code: settings and their defaults, check ids, the site's nav, links, benchmarks.
 
 No mkdocs here (scripts/build-docs builds the site with it, strictly); these tests read the Markdown and
-mkdocs.yml as text, so the test suite catches a setting added without documentation.
+mkdocs.yml as text, so the test suite catches a setting added without documentation: the settings tables
+of docs/configuration.md must list exactly the schema's keys (replicarouter/settings_schema.py), each
+with its default, unit and check id.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,8 +17,7 @@ from typing import Any
 import pytest
 
 from replicarouter.checks import CHECK_IDS
-from replicarouter.conf import DEFAULTS
-from replicarouter.pool import POOL_DEFAULTS
+from replicarouter.settings_schema import POOL_OPTIONS, REPLICAROUTER_OPTIONS, Kind, Option
 from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,21 +49,16 @@ def table_rows(markdown: str) -> list[list[str]]:
     ]
 
 
-def documented_defaults(section: str) -> dict[str, str]:
-    """Map each backticked key of a settings table's first column to its default cell.
-
-    A row may document several keys at once (``| `FALL` / `RISE` | `2` / `2` |``): the default cell is then
-    split on `` / `` in the same order.
-    """
-    defaults: dict[str, str] = {}
-    for cells in table_rows(section):
-        if len(cells) < 2:
-            continue
-        keys = re.findall(r"`([A-Z_]+)`", cells[0])
-        values = cells[1].split(" / ") if len(keys) > 1 else [cells[1]]
-        for key, value in zip(keys, values, strict=False):
-            defaults[key] = value
-    return defaults
+def documented_options(section: str) -> dict[str, dict[str, str]]:
+    """Map each key of a settings table (its backticked first cell) to its cells, by column header."""
+    rows = table_rows(section)
+    header, body = rows[0], rows[2:]
+    documented: dict[str, dict[str, str]] = {}
+    for cells in body:
+        (key,) = re.findall(r"`([A-Z_]+)`", cells[0])
+        assert key not in documented, f"{key} is documented twice"
+        documented[key] = dict(zip(header, cells, strict=True))
+    return documented
 
 
 def literal(value: Any) -> str:
@@ -69,30 +66,52 @@ def literal(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
-def assert_defaults(expected: dict[str, Any], section: str, where: str) -> None:
-    documented = documented_defaults(section)
-    missing = sorted(set(expected) - set(documented))
+def assert_documented(options: Mapping[str, Option], section: str, where: str) -> None:
+    """Check a settings table against the schema: same keys, and each key's default, unit and check id."""
+    documented = documented_options(section)
+    missing = [key for key in options if key not in documented]
     assert not missing, f"{where} does not document {missing}"
-    wrong = {
-        key: (documented[key], literal(value))
-        for key, value in expected.items()
-        if f"`{literal(value)}`" not in documented[key]
-    }
-    assert not wrong, f"{where}: documented default differs from the code (docs, code): {wrong}"
+    unknown = [key for key in documented if key not in options]
+    assert not unknown, f"{where} documents {unknown}, which the schema (settings_schema.py) does not have"
+    assert list(documented) == list(options), f"{where}: not in the schema's order"
+    wrong = {}
+    for key, option in options.items():
+        row = documented[key]
+        # CLUSTERS defaults to None, which means "derive the topology": the docs describe the result instead
+        default_ok = (
+            "one cluster" in row["default"]
+            if option.kind is Kind.CLUSTERS
+            else row["default"].startswith(f"`{literal(option.default)}`")
+        )
+        if not default_ok:
+            wrong[key, "default"] = (row["default"], literal(option.default))
+        if row["unit"] != option.unit.value:
+            wrong[key, "unit"] = (row["unit"], option.unit.value)
+        if row["check"] != f"`{option.check_id}`":
+            wrong[key, "check"] = (row["check"], option.check_id)
+    assert not wrong, f"{where}: the docs differ from the schema (docs, schema): {wrong}"
 
 
-def test_every_replicarouter_setting_is_documented_with_its_default() -> None:
+def test_every_replicarouter_setting_is_documented_with_its_default_unit_and_check_id() -> None:
     section = sections(CONFIGURATION)["REPLICAROUTER"]
-    # CLUSTERS defaults to None, which means "derive the topology": the docs describe the result instead
-    derived = {"CLUSTERS"}
-    assert_defaults(
-        {k: v for k, v in DEFAULTS.items() if k not in derived}, section, "configuration.md REPLICAROUTER"
-    )
-    assert "one cluster" in documented_defaults(section)["CLUSTERS"]
+    assert_documented(REPLICAROUTER_OPTIONS, section, "configuration.md REPLICAROUTER")
 
 
-def test_every_pool_key_is_documented_with_its_default() -> None:
-    assert_defaults(POOL_DEFAULTS, sections(CONFIGURATION)["POOL keys"], "configuration.md POOL keys")
+def test_every_pool_key_is_documented_with_its_default_unit_and_check_id() -> None:
+    assert_documented(POOL_OPTIONS, sections(CONFIGURATION)["POOL keys"], "configuration.md POOL keys")
+
+
+def test_a_wrong_default_or_an_undocumented_key_is_caught() -> None:
+    table = "| key | default | unit | check | meaning |\n|---|---|---|---|---|\n"
+    row = "| `SIZE` | `10` | connections | `replicarouter.E051` | x |\n"
+    only_size = {"SIZE": POOL_OPTIONS["SIZE"]}
+    assert_documented(only_size, table + row, "t")
+    with pytest.raises(AssertionError, match="default"):
+        assert_documented(only_size, table + row.replace("`10`", "`5`"), "t")
+    with pytest.raises(AssertionError, match="does not document"):
+        assert_documented(POOL_OPTIONS, table + row, "t")
+    with pytest.raises(AssertionError, match="does not have"):
+        assert_documented(only_size, table + row + row.replace("SIZE", "SIZ"), "t")
 
 
 def documented_check_ids(text: str) -> set[str]:
@@ -110,6 +129,12 @@ def test_every_system_check_id_is_documented() -> None:
     table = sections(CONFIGURATION)["System checks"]
     missing = sorted(set(CHECK_IDS) - documented_check_ids(table))
     assert not missing, f"docs/configuration.md 'System checks' does not list {missing}"
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_docs_name_no_check_id_that_does_not_exist(page: str) -> None:
+    stale = sorted(documented_check_ids((DOCS / page).read_text(encoding="utf-8")) - set(CHECK_IDS))
+    assert not stale, f"{page} names check ids the checks do not have: {stale}"
 
 
 def test_check_id_ranges_are_expanded() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
+from types import SimpleNamespace
 
 from replicarouter.health.probe import Prober, ProbeResult, lsn_to_int
 from replicarouter.health.rules import NodeHealth, PrimaryHistory, Rules, measure_lag, next_health, usable
 from replicarouter.health.store import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
+from replicarouter.settings_schema import REPLICAROUTER_OPTIONS
 
 RULES = Rules(fall=2, rise=2, max_lag_seconds=5.0, max_lag_bytes=1000)
 
@@ -285,3 +287,12 @@ def test_public_fields_leave_out_the_counters():
         "lag_seconds": 0.5, "checked_at": 9.0, "error": None, "promoted": False, "timeline": 4,
         "fenced": False,
     }  # fmt: skip
+
+
+def test_rules_come_from_the_settings_and_default_to_the_schema():
+    settings = SimpleNamespace(FALL=3, RISE=4, MAX_LAG_SECONDS=5.5, MAX_LAG_BYTES=600)
+    assert Rules.from_settings(settings) == Rules(fall=3, rise=4, max_lag_seconds=5.5, max_lag_bytes=600)
+    keys = ("FALL", "RISE", "MAX_LAG_SECONDS", "MAX_LAG_BYTES")
+    schema = {key.lower(): REPLICAROUTER_OPTIONS[key].default for key in keys}
+    assert asdict(Rules()) == schema
+    assert schema == {"fall": 2, "rise": 2, "max_lag_seconds": 10.0, "max_lag_bytes": 16 * 1024 * 1024}

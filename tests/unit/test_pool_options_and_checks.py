@@ -11,6 +11,7 @@ from replicarouter.backends.postgresql.base import DatabaseWrapper
 from replicarouter.exceptions import ConfigurationError, PoolExhausted
 from replicarouter.pool import POOL_DEFAULTS, PoolOptions, pool_settings_problems
 from replicarouter.routing.statements import changes_session_state
+from replicarouter.settings_schema import POOL_OPTIONS, REPLICAROUTER_OPTIONS, Kind
 
 ENGINE = "replicarouter.backends.postgresql"
 
@@ -112,7 +113,9 @@ def _alias(**extra):
     [
         ({"default": _alias(CONN_MAX_AGE=60)}, "replicarouter.E001"),
         ({"default": _alias(CONN_MAX_AGE=None)}, "replicarouter.E001"),
-        ({"default": _alias(POOL={"SIZE": 0})}, "replicarouter.E002"),
+        ({"default": _alias(POOL={"SIZE": 0})}, "replicarouter.E051"),
+        ({"default": _alias(POOL=[("SIZE", 3)])}, "replicarouter.E002"),
+        ({"default": _alias(POOL={"SIZ": 3})}, "replicarouter.E050"),
         ({"default": _alias(OPTIONS={"pool": True})}, "replicarouter.E003"),
         ({"default": _alias(OPTIONS={"SIZE": 5})}, "replicarouter.E003"),
         (
@@ -157,8 +160,120 @@ def test_check_ids_are_unique_and_each_has_a_hint():
     messages = checks.pooled_alias_messages(
         {"default": _alias(CONN_MAX_AGE=1, POOL={"X": 1}, OPTIONS={"pool": 1})}
     )
-    assert [m.id for m in messages] == ["replicarouter.E001", "replicarouter.E002", "replicarouter.E003"]
+    assert [m.id for m in messages] == ["replicarouter.E001", "replicarouter.E050", "replicarouter.E003"]
     assert all(m.hint for m in messages)
+
+
+def test_each_pool_problem_is_its_own_message_with_its_own_id():
+    messages = checks.pooled_alias_messages(
+        {"r1": _alias(POOL={"SIZE": 0, "RESET": "x", "A": 1, "RECYCLE": 1.5, "LEAK_WARNING": None})}
+    )
+    keys = (
+        "Valid keys and defaults: SIZE=10, MAX_OVERFLOW=10, TIMEOUT=5.0, RECYCLE=1800, PRE_PING=False, "
+        "RESET='auto', LIFO=True, LEAK_WARNING=None. See docs/configuration.md."
+    )
+    assert [(m.id, m.msg, m.hint) for m in messages] == [
+        ("replicarouter.E050", "DATABASES['r1']['POOL'] is invalid: unknown key 'A'.", keys),
+        ("replicarouter.E051", "DATABASES['r1']['POOL'] is invalid: SIZE must be an integer >= 1, not 0.",
+         "The default is 10. See docs/configuration.md."),
+        ("replicarouter.E054",
+         "DATABASES['r1']['POOL'] is invalid: RECYCLE must be an integer >= -1 or None, not 1.5.",
+         "The default is 1800. See docs/configuration.md."),
+        ("replicarouter.E056",
+         "DATABASES['r1']['POOL'] is invalid: RESET must be one of 'auto', 'always', 'rollback', not 'x'.",
+         "The default is 'auto'. See docs/configuration.md."),
+    ]  # fmt: skip
+    assert checks.pooled_alias_messages({"r1": _alias(POOL=["SIZE"])})[0].hint == keys
+
+
+def _invalid(option):
+    """Return a value of the wrong type for ``option`` (a number for a string, a string otherwise)."""
+    return 1 if option.kind is Kind.STRING else "?"
+
+
+@pytest.mark.parametrize("option", POOL_OPTIONS.values(), ids=lambda o: o.name)
+def test_each_pool_key_reports_a_wrong_value_under_its_own_id(option):
+    messages = checks.pooled_alias_messages({"r1": _alias(POOL={option.name: _invalid(option)})})
+    assert [m.id for m in messages] == [option.check_id]
+    assert f"{option.name} must be {option.requirement()}" in messages[0].msg
+    assert checks.pooled_alias_messages({"r1": _alias(POOL={option.name: option.default})}) == []
+
+
+@pytest.mark.parametrize("option", REPLICAROUTER_OPTIONS.values(), ids=lambda o: o.name)
+def test_each_replicarouter_key_reports_a_wrong_value_under_its_own_id(option):
+    databases = {"default": _alias(), "replica1": _alias(TEST={"MIRROR": "default"})}
+    messages = checks.topology_messages(
+        databases, {option.name: _invalid(option)}, [checks.ROUTER], [checks.MIDDLEWARE]
+    )
+    assert [m.id for m in messages if m.is_serious()] == [option.check_id]
+    assert all(m.hint for m in messages)
+    valid = checks.topology_messages(
+        databases, {option.name: option.default}, [checks.ROUTER], [checks.MIDDLEWARE]
+    )
+    assert valid == []
+
+
+def test_every_check_id_fires():
+    """Each id of CHECK_IDS fires for some configuration (E004, E005: tests above); ids are unique."""
+    assert len(set(checks.CHECK_IDS)) == len(checks.CHECK_IDS)
+    dbs = {"default": _alias(), "replica1": _alias(TEST={"MIRROR": "default"})}
+    plain = {"ENGINE": "django.db.backends.postgresql", "NAME": "a"}
+    session = "django.contrib.sessions.middleware.SessionMiddleware"
+
+    def clusters(value):
+        return {"CLUSTERS": value}
+
+    def cluster(**spec):
+        return clusters({"c": {"PRIMARY": "default", **spec}})
+
+    wired = ([checks.ROUTER], [checks.MIDDLEWARE])
+    cases = {
+        # id: (DATABASES, REPLICAROUTER, DATABASE_ROUTERS, MIDDLEWARE)
+        "replicarouter.E001": ({"default": _alias(CONN_MAX_AGE=60)}, None, *wired),
+        "replicarouter.E002": ({"default": _alias(POOL=["SIZE"])}, None, *wired),
+        "replicarouter.E003": ({"default": _alias(OPTIONS={"pool": True})}, None, *wired),
+        "replicarouter.E010": (dbs, clusters(["default"]), *wired),
+        "replicarouter.E011": (dbs, clusters({"c": {"PRIMARY": "nowhere"}}), *wired),
+        "replicarouter.E012": (dbs, clusters({"a": {"PRIMARY": "default"}, "b": {"PRIMARY": "default"}}),
+                               *wired),
+        "replicarouter.E013": ({**dbs, "p": plain}, cluster(REPLICAS=["p"]), *wired),
+        "replicarouter.E014": (dbs, cluster(REPLICAS={"replica1": 0}), *wired),
+        "replicarouter.E015": (dbs, cluster(REPLICAS=["default"]), *wired),
+        "replicarouter.E016": (dbs, clusters({"a": {"PRIMARY": "default", "APPS": ["x"]},
+                                              "b": {"PRIMARY": "replica1", "APPS": ["x"]}}), *wired),
+        "replicarouter.E017": (dbs, ["CLUSTERS"], *wired),
+        "replicarouter.E018": (dbs, {"CLUSTER": None}, *wired),
+        "replicarouter.E019": (dbs, clusters({"c": {"REPLICAS": []}}), *wired),
+        "replicarouter.E020": (dbs, cluster(REPLICA=[]), *wired),
+        "replicarouter.E021": (dbs, cluster(REPLICAS="replica1"), *wired),
+        "replicarouter.E022": (dbs, cluster(APPS="billing"), *wired),
+        "replicarouter.E050": ({"default": _alias(POOL={"SIZ": 1})}, None, *wired),
+        "replicarouter.W001": ({**dbs, "p": {**plain, "POOL": {}}}, None, *wired),
+        "replicarouter.W010": (dbs, None, [checks.ROUTER], []),
+        "replicarouter.W011": (dbs, {}, [], [checks.MIDDLEWARE]),
+        "replicarouter.W012": ({**dbs, "replica1": _alias()}, None, *wired),
+        "replicarouter.W013": (dbs, None, [checks.ROUTER], [checks.MIDDLEWARE, session]),
+        "replicarouter.W014": (dbs, {"PROMOTE_AFTER": 5}, *wired),
+    }  # fmt: skip
+    for table in (REPLICAROUTER_OPTIONS, POOL_OPTIONS):
+        for option in table.values():
+            if option.kind is not Kind.CLUSTERS:
+                values = {option.name: _invalid(option)}
+                pooled = table is POOL_OPTIONS
+                cases[option.check_id] = (
+                    {"default": _alias(POOL=values)} if pooled else dbs,
+                    None if pooled else values,
+                    *wired,
+                )
+    assert sorted({*cases, "replicarouter.E004", "replicarouter.E005"}) == sorted(checks.CHECK_IDS)
+    for check_id, (databases, values, routers, middleware) in cases.items():
+        messages = checks.pooled_alias_messages(databases) + checks.topology_messages(
+            databases, values, routers, middleware
+        )
+        # only errors for an error id, only warnings for a warning id (a bad PROMOTE_AFTER also warns W014)
+        same_level = [m for m in messages if m.is_serious() == check_id.startswith("replicarouter.E")]
+        assert [m.id for m in same_level] == [check_id]
+        assert same_level[0].hint
 
 
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")

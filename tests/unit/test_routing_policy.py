@@ -101,8 +101,10 @@ def test_smooth_rotation_interleaves():
     ("databases", "clusters", "expected"),
     [
         (DBS, ["default"], "replicarouter.E010"),
-        (DBS, {"c": {"REPLICAS": ["replica1"]}}, "replicarouter.E010"),
-        (DBS, {"c": {"PRIMARY": "default", "REPLICA": []}}, "replicarouter.E010"),
+        (DBS, {"c": {"REPLICAS": ["replica1"]}}, "replicarouter.E019"),
+        (DBS, {"c": {"PRIMARY": "default", "REPLICA": []}}, "replicarouter.E020"),
+        (DBS, {"c": {"PRIMARY": "default", "REPLICAS": "replica1"}}, "replicarouter.E021"),
+        (DBS, {"c": {"PRIMARY": "default", "APPS": "billing"}}, "replicarouter.E022"),
         (DBS, {"c": {"PRIMARY": "default", "REPLICAS": ["replica9"]}}, "replicarouter.E011"),
         (
             DBS,
@@ -130,15 +132,52 @@ def test_each_topology_check_fires(databases, clusters, expected):
 
 
 @pytest.mark.parametrize(
-    "values",
-    [{"BALANCE": "fastest"}, {"STICKY": "yes"}, {"STICKY_SCOPE": "device"}, {"FALL": 0},
-     {"CHECK_INTERVAL": "1"}, {"MAX_LAG_BYTES": -1}, {"REDIS_URL": 6379}, {"UNKNOWN": 1}, ["not", "a"],
-     {"READ_TIMEOUT": 0}, {"READ_TIMEOUT": "2"}, {"PROMOTE_AFTER": -1}, {"RETRY_READS": "yes"},
-     {"CONNECT_TIMEOUT": 1.5}],
-)  # fmt: skip
-def test_invalid_settings_are_e017(values):
+    ("values", "expected"),
+    [
+        (["not", "a"], "replicarouter.E017"),
+        ({"UNKNOWN": 1}, "replicarouter.E018"),
+        ({"REDIS_URL": 6379}, "replicarouter.E030"),
+        ({"KEY_PREFIX": None}, "replicarouter.E031"),
+        ({"CHECK_INTERVAL": "1"}, "replicarouter.E032"),
+        ({"MAX_LAG_BYTES": -1}, "replicarouter.E035"),
+        ({"FALL": 0}, "replicarouter.E036"),
+        ({"STICKY": "yes"}, "replicarouter.E038"),
+        ({"STICKY_SCOPE": "device"}, "replicarouter.E040"),
+        ({"BALANCE": "fastest"}, "replicarouter.E041"),
+        ({"READ_TIMEOUT": 0}, "replicarouter.E042"),
+        ({"READ_TIMEOUT": "2"}, "replicarouter.E042"),
+        ({"RETRY_READS": "yes"}, "replicarouter.E043"),
+        ({"CONNECT_TIMEOUT": 1.5}, "replicarouter.E044"),
+        ({"PROMOTE_AFTER": -1}, "replicarouter.E045"),
+    ],
+)
+def test_each_invalid_setting_has_its_own_id(values, expected):
     messages = checks.topology_messages(DBS, values, [checks.ROUTER], [checks.MIDDLEWARE])
-    assert "replicarouter.E017" in [m.id for m in messages]
+    assert [m.id for m in messages if m.is_serious()] == [expected]
+
+
+def test_invalid_setting_messages_name_the_key_the_value_and_the_rule():
+    messages = checks.topology_messages(
+        DBS,
+        {"FALL": 0, "BALANCE": "fastest", "READ_TIMEOUT": "2", "REDIS_URL": 1, "X": 1},
+        [checks.ROUTER],
+        [checks.MIDDLEWARE],
+    )
+    assert [(m.id, m.msg, m.hint) for m in messages] == [
+        ("replicarouter.E018", "REPLICAROUTER has unknown keys ['X'].",
+         "Valid keys: CLUSTERS, REDIS_URL, KEY_PREFIX, CHECK_INTERVAL, CHECK_TIMEOUT, MAX_LAG_SECONDS, "
+         "MAX_LAG_BYTES, FALL, RISE, STICKY, STICKY_SECONDS, STICKY_SCOPE, BALANCE, READ_TIMEOUT, "
+         "RETRY_READS, CONNECT_TIMEOUT, PROMOTE_AFTER."),
+        ("replicarouter.E030", "REPLICAROUTER['REDIS_URL'] is 1; it must be a string or None.",
+         "For example 'redis://localhost:6379/0'."),
+        ("replicarouter.E036", "REPLICAROUTER['FALL'] is 0; it must be a positive integer.",
+         "The default is 2."),
+        ("replicarouter.E041",
+         "REPLICAROUTER['BALANCE'] is 'fastest'; it must be one of 'round_robin', 'random', 'least_lag'.",
+         "The default is 'round_robin'."),
+        ("replicarouter.E042", "REPLICAROUTER['READ_TIMEOUT'] is '2'; it must be a positive number or None.",
+         "The default is 2.0."),
+    ]  # fmt: skip
 
 
 def test_wiring_warnings():

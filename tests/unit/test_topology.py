@@ -77,7 +77,7 @@ def test_a_bad_cluster_is_reported_and_the_others_still_built():
     assert [c.name for c in topology.clusters] == ["good"]
     assert found == [
         Problem(
-            "replicarouter.E010",
+            "replicarouter.E019",
             "REPLICAROUTER['CLUSTERS']['bad'] must be a dict with a 'PRIMARY' alias (and 'REPLICAS').",
             "For example {'PRIMARY': 'default', 'REPLICAS': ['replica1', 'replica2']}.",
         )
@@ -86,7 +86,7 @@ def test_a_bad_cluster_is_reported_and_the_others_still_built():
 
 def test_unknown_keys():
     assert problems({"c": {"PRIMARY": "default", "REPLICA": [], "APP": []}}) == [
-        Problem("replicarouter.E010", f"{WHERE} has unknown keys ['APP', 'REPLICA'].",
+        Problem("replicarouter.E020", f"{WHERE} has unknown keys ['APP', 'REPLICA'].",
                 "Valid keys: PRIMARY, REPLICAS, APPS.")
     ]  # fmt: skip
 
@@ -96,7 +96,7 @@ def test_replicas_of_the_wrong_type():
     assert topology.default.replicas == ()
     assert found == [
         Problem(
-            "replicarouter.E010",
+            "replicarouter.E021",
             f"{WHERE}['REPLICAS'] must be a list of aliases or a dict alias -> weight.",
             "For example ['replica1', 'replica2'] or {'replica1': 2, 'replica2': 1}.",
         )
@@ -181,7 +181,7 @@ def test_apps_that_are_not_a_list_of_labels(apps):
     assert topology.default.apps == () and topology.by_app == {}
     assert found == [
         Problem(
-            "replicarouter.E010", f"{WHERE}['APPS'] must be a list of app labels.", "For example ['billing']."
+            "replicarouter.E022", f"{WHERE}['APPS'] must be a list of app labels.", "For example ['billing']."
         )
     ]
 
