@@ -24,6 +24,7 @@ TOP_LEVEL = {
     "exceptions.py",
     "redis_client.py",
     "runtime.py",
+    "settings_schema.py",
 }
 ALIASES = {"router.py", "middleware.py", "metrics.py", "logs.py"}
 #: modules that decide without I/O (STYLE.md 1): unit-tested and mutation-tested without servers
@@ -33,6 +34,8 @@ PURE = [
     "routing/topology.py",
     "sticky/policy.py",
     "pool/reset.py",
+    "settings_schema.py",
+    "settings_schema.py",
     "health/rules.py",
 ]
 IMPURE_IMPORTS = ("django", "redis", "sqlalchemy", "psycopg2", "psycopg", "replicarouter.conf")
