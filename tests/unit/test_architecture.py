@@ -35,7 +35,6 @@ PURE = [
     "sticky/policy.py",
     "pool/reset.py",
     "settings_schema.py",
-    "settings_schema.py",
     "health/rules.py",
 ]
 IMPURE_IMPORTS = ("django", "redis", "sqlalchemy", "psycopg2", "psycopg", "replicarouter.conf")
