@@ -28,7 +28,6 @@ PROBE_SQL = (
     "CASE WHEN pg_is_in_recovery() THEN NULL "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
-_LSN_ZERO = "0/0"
 
 
 @dataclass(frozen=True)
@@ -184,12 +183,11 @@ def connection_params(settings_dict: dict[str, Any], timeout: float) -> dict[str
         options.pop(django_only, None)
     params: dict[str, Any] = {
         "dbname": settings_dict.get("NAME") or "postgres",
-        "application_name": "replicarouter-monitor",
         "connect_timeout": max(2, int(timeout + 0.999)),
         **options,
+        "application_name": "replicarouter-monitor",  # whatever OPTIONS say: the probes name themselves
     }
     for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
         if settings_dict.get(key):
             params[name] = settings_dict[key]
-    params["application_name"] = "replicarouter-monitor"
     return params

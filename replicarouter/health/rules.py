@@ -157,15 +157,15 @@ def measure_lag(
     lag_bytes = max(0, primary_position - result.position)
     if lag_bytes == 0:
         return 0, 0.0
-    since = history.behind_since(result.position) if history is not None else None
-    if since is not None and history is not None and since > history.samples[0][0]:
+    if history is None:  # no memory (a one-off probe): the replay timestamp is the best bound we have
+        return lag_bytes, result.replay_age
+    since = history.behind_since(result.position)
+    if since is None:  # the primary was never seen past it: the same
+        return lag_bytes, result.replay_age
+    if since > history.samples[0][0]:
         return lag_bytes, max(0.0, now - since)
-    # behind since before what we remember (or no memory: a one-off probe): the replay timestamp is the
-    # best bound we have
-    replay_age = result.replay_age
-    if since is not None:
-        replay_age = max(replay_age or 0.0, now - since)
-    return lag_bytes, replay_age
+    # behind since before what we remember: the larger of the two bounds we have
+    return lag_bytes, max(result.replay_age or 0.0, now - since)
 
 
 def usable(nodes: dict[str, NodeHealth]) -> frozenset[str]:
