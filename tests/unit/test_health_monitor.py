@@ -148,6 +148,15 @@ def test_the_writer_is_lost_only_once_its_failures_reach_fall():
     assert twice.transitions[-1] == WriterChange(None, "default", reason)
 
 
+def test_without_a_claimant_the_current_writer_stays_and_at_first_the_configured_primary():
+    nodes = initial_nodes(CLUSTER, {})
+    first = one_round(nodes, None, failed("default"), standby(), fall=2)
+    assert first.election == Election("default", NONE, 0, "default is primary (last probe did not answer)")
+    promoted = Election("replica1", NONE, 2, "replica1 is primary on timeline 2")
+    kept = one_round(first.nodes, promoted, standby("default"), failed("replica1"), fall=2)
+    assert kept.election == Election("replica1", NONE, 2, "replica1 is primary (last probe did not answer)")
+
+
 def test_only_failed_probes_make_the_writer_unreachable():
     """A writer that answers, even as a standby (it rejoined), is not down: FALL=1 does not lose it."""
     first = one_round(initial_nodes(CLUSTER, {}), None, primary(), standby())
