@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from replicarouter import runtime
 from replicarouter.observability import stats
 from replicarouter.routing.topology import Cluster
 
+from .election import Election
 from .probe import connection_params
 from .rules import NodeHealth
 
@@ -139,6 +144,50 @@ def promote(
             )
     stats.incr("promotions", cluster.name)
     return alias
+
+
+class Promotions:
+    """The promotions this process starts as its clusters' leader, each in a thread of its own.
+
+    A promotion (``replicarouter-promote``) waits for ``pg_promote()`` and re-points replicas, and the
+    monitor's rounds must go on meanwhile, or the snapshot would go stale and every read fall back to
+    the (dead) primary.
+    """
+
+    def __init__(self) -> None:
+        #: when each cluster was first seen without a writer (for PROMOTE_AFTER)
+        self._writer_lost: dict[str, float] = {}
+        self._threads: dict[str, threading.Thread] = {}
+
+    def start_if_due(
+        self,
+        cluster: Cluster,
+        nodes: Mapping[str, NodeHealth],
+        election: Election,
+        databases: Mapping[str, Any],
+        after: float | None,
+    ) -> Election:
+        """Start promoting a replica once ``cluster`` had no writer for ``after`` seconds (never: None).
+
+        Return the election, whose reason then says that a promotion started. Nothing starts while an
+        earlier promotion of the cluster still runs.
+        """
+        if after is None or election.writer is not None:
+            self._writer_lost.pop(cluster.name, None)
+            return election
+        lost = self._writer_lost.setdefault(cluster.name, time.monotonic())
+        running = self._threads.get(cluster.name)
+        if time.monotonic() - lost < after or (running is not None and running.is_alive()):
+            return election
+        self._threads[cluster.name] = runtime.start_thread(
+            "replicarouter-promote", promote, cluster, dict(nodes), databases, waited=time.monotonic() - lost
+        )
+        return replace(election, reason=f"promotion started: {election.reason}")
+
+    def join(self, timeout: float) -> None:
+        """Wait for the promotions under way, each up to ``timeout`` seconds."""
+        for thread in self._threads.values():
+            thread.join(timeout)
 
 
 def repoint(settings_dict: Mapping[str, Any], host: str, port: str) -> None:

@@ -5,6 +5,9 @@ libpq's connect_timeout (2 s minimum) or forever on an open connection. Here con
 probe query of all nodes are driven together by ``poll()`` and one ``select()`` loop, so a round never
 lasts longer than ``timeout``, however many nodes are stuck. Probe connections are our own (never
 Django's), kept between rounds and dropped on any failure.
+
+``ClusterProbe`` is one cluster's prober from round to round, with the primary's position history: each
+round it probes, judges the results (``rules.judge``, pure) and logs the transitions (``events``).
 """
 
 from __future__ import annotations
@@ -13,8 +16,15 @@ import contextlib
 import logging
 import select
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from replicarouter.routing.topology import Cluster
+
+from .election import Election
+from .events import log_transition
+from .rules import NodeHealth, PrimaryHistory, Rules, judge
 
 logger = logging.getLogger("replicarouter.health")
 
@@ -28,7 +38,6 @@ PROBE_SQL = (
     "CASE WHEN pg_is_in_recovery() THEN NULL "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
-_LSN_ZERO = "0/0"
 
 
 @dataclass(frozen=True)
@@ -184,12 +193,46 @@ def connection_params(settings_dict: dict[str, Any], timeout: float) -> dict[str
         options.pop(django_only, None)
     params: dict[str, Any] = {
         "dbname": settings_dict.get("NAME") or "postgres",
-        "application_name": "replicarouter-monitor",
         "connect_timeout": max(2, int(timeout + 0.999)),
         **options,
+        "application_name": "replicarouter-monitor",  # whatever OPTIONS say: the probes name themselves
     }
     for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
         if settings_dict.get(key):
             params[name] = settings_dict[key]
-    params["application_name"] = "replicarouter-monitor"
     return params
+
+
+class ClusterProbe:
+    """Probing one cluster: the prober's connections, the primary's history, the nodes' states."""
+
+    def __init__(self, cluster: Cluster, databases: dict[str, Any], timeout: float) -> None:
+        self.cluster = cluster
+        self.key = self.key_for(cluster, databases, timeout)
+        params = {a: connection_params(databases[a], timeout) for a in (cluster.primary, *cluster.replicas)}
+        self.prober = Prober(params)
+        self.history = PrimaryHistory()
+
+    @staticmethod
+    def key_for(cluster: Cluster, databases: Mapping[str, Any], timeout: float) -> str:
+        """Return what a prober for ``cluster`` is built from: when it changes, a new one is needed."""
+        aliases = (cluster.primary, *cluster.replicas)
+        return repr(
+            (cluster, timeout, [sorted((k, repr(v)) for k, v in databases[a].items()) for a in aliases])
+        )
+
+    def round(
+        self, nodes: dict[str, NodeHealth], timeout: float, rules: Rules, previous: Election | None
+    ) -> tuple[dict[str, NodeHealth], Election]:
+        """Probe every node once and return their next health and writer (transitions are logged)."""
+        results = self.prober.probe(timeout)
+        now = time.time()
+        verdict = judge(
+            self.cluster, nodes, results, rules=rules, history=self.history, previous=previous, now=now
+        )
+        for transition in verdict.transitions:
+            log_transition(self.cluster, transition)
+        return verdict.nodes, verdict.election
+
+    def close(self) -> None:
+        self.prober.close()

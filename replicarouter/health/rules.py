@@ -1,4 +1,10 @@
-"""Node health state machine and lag arithmetic. Pure: probe results in, states out.
+"""Node health state machine, lag arithmetic and the judgement of a round. Pure: probe results in,
+transitions out.
+
+Nothing here does I/O or reads settings (no Django, Redis or psycopg2): ``judge()`` takes one round of
+probe results and returns every node's next health, the writer election (``election.py``) and the
+transitions (``NodeChange``, ``WriterChange``) as data; the monitor logs them, a one-off probe
+(``status()``) does not. The only state it changes is the ``PrimaryHistory`` it is given.
 
 States: ``unknown`` (no good probe yet) → ``up`` on the first healthy probe; ``up``/``lagging`` → ``down``
 after ``FALL`` consecutive failed probes; ``down``/``lagging`` → ``up`` after ``RISE`` consecutive healthy
@@ -15,12 +21,17 @@ first moment the primary was seen past P. This stays 0 on an idle primary, where
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from replicarouter.routing.topology import Cluster
 from replicarouter.settings_schema import REPLICAROUTER_OPTIONS as _OPTIONS
 
-from .probe import ProbeResult
+from .election import Election, elect
+
+if TYPE_CHECKING:  # the probe's I/O is none of this module's business, only its results' type
+    from .probe import ProbeResult
 
 STATES = ("up", "lagging", "down", "unknown")
 
@@ -92,6 +103,18 @@ class NodeHealth:
         for internal in ("configured_role", "failures", "healthy_streak", "position", "received"):
             data.pop(internal)
         return data
+
+
+def initial_nodes(cluster: Cluster, databases: Mapping[str, Any]) -> dict[str, NodeHealth]:
+    """Return ``unknown`` health for every node of ``cluster``, with host and port from DATABASES."""
+    nodes = {}
+    for alias in (cluster.primary, *cluster.replicas):
+        entry = databases.get(alias, {})
+        role = "primary" if alias == cluster.primary else "replica"
+        nodes[alias] = NodeHealth(
+            alias, role, host=str(entry.get("HOST") or ""), port=str(entry.get("PORT") or "")
+        )
+    return nodes
 
 
 @dataclass
@@ -187,15 +210,15 @@ def measure_lag(
     lag_bytes = max(0, primary_position - result.position)
     if lag_bytes == 0:
         return 0, 0.0
-    since = history.behind_since(result.position) if history is not None else None
-    if since is not None and history is not None and since > history.samples[0][0]:
+    if history is None:  # no memory (a one-off probe): the replay timestamp is the best bound we have
+        return lag_bytes, result.replay_age
+    since = history.behind_since(result.position)
+    if since is None:  # the primary was never seen past it: the same
+        return lag_bytes, result.replay_age
+    if since > history.samples[0][0]:
         return lag_bytes, max(0.0, now - since)
-    # behind since before what we remember (or no memory: a one-off probe): the replay timestamp is the
-    # best bound we have
-    replay_age = result.replay_age
-    if since is not None:
-        replay_age = max(replay_age or 0.0, now - since)
-    return lag_bytes, replay_age
+    # behind since before what we remember: the larger of the two bounds we have
+    return lag_bytes, max(result.replay_age or 0.0, now - since)
 
 
 def usable(nodes: dict[str, NodeHealth]) -> frozenset[str]:
@@ -207,53 +230,90 @@ def usable(nodes: dict[str, NodeHealth]) -> frozenset[str]:
     )
 
 
-@dataclass(frozen=True)
-class Election:
-    """Which node takes a cluster's writes after one round, and which primaries are fenced."""
+@dataclass(frozen=True, slots=True)
+class NodeChange:
+    """A node's state, promotion or fencing changed in a round (the monitor logs it)."""
 
-    #: the alias of the node acting as primary; None when no primary is available
-    active: str | None
-    fenced: frozenset[str]
-    #: the newest timeline ever seen in this cluster (a primary on an older one is fenced)
-    timeline: int
+    old: NodeHealth
+    new: NodeHealth
     reason: str
 
 
-def elect(
-    configured: str,
-    claims: dict[str, int | None],
-    *,
-    previous: str | None,
-    known_timeline: int,
-    unreachable: frozenset[str],
-) -> Election:
-    """Return the node that takes writes, given the nodes that answered as primaries this round.
+@dataclass(frozen=True, slots=True)
+class WriterChange:
+    """The cluster's writes go to another node, or to none, after a round (the monitor logs it)."""
 
-    ``claims`` maps each node that answered "not in recovery" to its timeline. The newest timeline wins
-    (a promotion always starts a new one); on a tie the current writer keeps its place, then the
-    configured primary. Every other claimant is fenced. A claimant older than a timeline seen before is
-    a former primary that came back: fenced too, even when it is the only one answering. With no claimant
-    the current writer stays (a failed probe is not yet an outage) until it is ``down``.
+    writer: str | None
+    previous: str | None
+    reason: str
+
+
+Transition = NodeChange | WriterChange
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One round judged: each node's next health, the writer election and the transitions.
+
+    ``transitions`` holds the nodes' changes in the nodes' order, then the writer's.
     """
-    newest = max((t or 0 for t in claims.values()), default=0)
-    timeline = max(known_timeline, newest)
-    current = previous or configured
-    if claims:
-        if newest < known_timeline:
-            return Election(
-                None,
-                frozenset(claims),
-                timeline,
-                f"{', '.join(sorted(claims))} claim primary on timeline {newest}, older than timeline "
-                f"{known_timeline} seen before: fenced (split brain); the newer primary does not answer",
-            )
-        best = sorted(a for a, t in claims.items() if (t or 0) == newest)
-        winner = current if current in best else configured if configured in best else best[0]
-        fenced = frozenset(claims) - {winner}
-        reason = f"{winner} is primary on timeline {newest}"
-        if fenced:
-            reason += f"; fenced {', '.join(sorted(fenced))} (also claiming primary, older timeline)"
-        return Election(winner, fenced, timeline, reason)
-    if current in unreachable:
-        return Election(None, frozenset(), timeline, f"{current} is down and no replica has been promoted")
-    return Election(current, frozenset(), timeline, f"{current} is primary (last probe did not answer)")
+
+    nodes: dict[str, NodeHealth]
+    election: Election
+    transitions: tuple[Transition, ...]
+
+
+def judge(
+    cluster: Cluster,
+    nodes: Mapping[str, NodeHealth],
+    results: Mapping[str, ProbeResult],
+    *,
+    rules: Rules,
+    history: PrimaryHistory | None,
+    previous: Election | None,
+    now: float,
+) -> Verdict:
+    """Return the nodes' next health, the elected writer and the transitions, given one round of results.
+
+    ``previous`` is the last round's election; None on a first round, which reports no change of writer.
+    Any other change of writer is one, from or to None included (a failover from "no primary" to a
+    promoted replica is a change too).
+
+    Lag is measured against the elected primary's position; while no primary answers, against the last
+    position a primary was seen at (replicas that replayed it are as current as any readable node).
+    """
+    writer = previous.writer if previous is not None else None
+    claims = {a: r.timeline for a, r in results.items() if r.ok and not r.in_recovery}
+    unreachable = frozenset(
+        a for a, r in results.items() if not r.ok and a in nodes and nodes[a].failures + 1 >= rules.fall
+    )
+    election = elect(
+        cluster.primary,
+        claims,
+        previous=writer,
+        known_timeline=previous.timeline if previous is not None else 0,
+        unreachable=unreachable,
+    )
+    primary_position = None
+    if election.writer in claims:
+        primary_position = results[election.writer].position
+        if primary_position is not None and history is not None:
+            history.add(now, primary_position)
+    elif history is not None and history.samples:
+        primary_position = history.samples[-1][1]
+    updated = {}
+    transitions: list[Transition] = []
+    for alias, node in nodes.items():
+        new, reason = next_health(
+            node, results[alias], primary_position=primary_position, history=history, rules=rules, now=now
+        )
+        fenced = alias in election.fenced
+        if fenced != new.fenced:
+            new = replace(new, fenced=fenced)
+            reason = "fenced: " + election.reason if fenced else "no longer fenced"
+        if new.state != node.state or new.promoted != node.promoted or new.fenced != node.fenced:
+            transitions.append(NodeChange(node, new, reason))
+        updated[alias] = new
+    if previous is not None and election.writer != writer:
+        transitions.append(WriterChange(election.writer, writer, election.reason))
+    return Verdict(updated, election, tuple(transitions))

@@ -9,7 +9,7 @@ probes' deadline) right after a short one: with ``CHECK_TIMEOUT`` near ``2 × CH
 slow probe would otherwise make a healthy monitor's snapshot stale and send every read to the primary.
 Unknown lag is never zero.
 
-It also answers the backend's question "which node takes this cluster's writes?" (``write_node``):
+It also answers the backend's question "which node takes this cluster's writes?" (``writer``):
 the node the monitor elected (the configured primary, or a promoted replica on a newer timeline), or
 None when the primary is down and nothing was promoted. And it keeps this process's *suspects*: replicas
 a request just failed to read from (connection refused, broken or timed out). A suspect gets no reads
@@ -49,9 +49,9 @@ class Snapshot:
     #: the probe deadline (``CHECK_TIMEOUT``) of the rounds that refresh it: one round may take that long
     timeout: float = 0.0
     extra: Mapping[str, object] = field(default_factory=dict)
-    #: the node that takes writes (see ``write_node``); None: no primary available
-    active: str | None = None
-    #: why ``active`` is what it is (for errors and status)
+    #: the node that takes writes (see ``writer()``); None: no primary available
+    writer: str | None = None
+    #: why ``writer`` is what it is (for errors and status)
     reason: str = ""
     #: the newest timeline seen in this cluster
     timeline: int = 0
@@ -91,7 +91,7 @@ def is_suspect(cluster: str, alias: str) -> bool:
     return bool(_suspects) and (cluster, alias) in _suspects
 
 
-def write_node(cluster: str, configured: str) -> str | None:
+def writer(cluster: str, configured: str) -> str | None:
     """Return the alias whose server takes ``cluster``'s writes now (None: no primary is available).
 
     Before the first snapshot, and when the monitor's view is stale and says nothing is available, the
@@ -100,9 +100,13 @@ def write_node(cluster: str, configured: str) -> str | None:
     snapshot = _snapshots.get(cluster)
     if snapshot is None:
         return configured
-    if snapshot.active is None and snapshot.stale():
+    if snapshot.writer is None and snapshot.stale():
         return configured
-    return snapshot.active
+    return snapshot.writer
+
+
+#: deprecated alias of ``writer`` (its former name), kept for one release: the backend still calls it
+write_node = writer
 
 
 def node(cluster: str, alias: str) -> NodeHealth | None:

@@ -112,7 +112,7 @@ class ReplicaRouterCollector(Collector):
                 role = node.role if node.role in ("primary", "replica") else node.configured_role
                 for state in STATES:
                     state_gauge.add_metric([cluster.name, alias, role, state], node.state == state)
-                gauges["node_writer"].add_metric([cluster.name, alias], alias == snap.active)
+                gauges["node_writer"].add_metric([cluster.name, alias], alias == snap.writer)
                 gauges["node_fenced"].add_metric([cluster.name, alias], node.fenced)
                 if node.lag_bytes is not None:
                     gauges["replica_lag_bytes"].add_metric([cluster.name, alias], node.lag_bytes)

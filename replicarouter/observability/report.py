@@ -19,10 +19,12 @@ from typing import Any
 from replicarouter import pool as pools
 from replicarouter import redis_client as shared_redis
 from replicarouter.conf import settings, topology
+from replicarouter.health import shared
 from replicarouter.health import store as health
-from replicarouter.health.monitor import fetch_snapshot, initial_nodes, judge, running
+from replicarouter.health.election import Election
+from replicarouter.health.monitor import running
 from replicarouter.health.probe import Prober, connection_params
-from replicarouter.health.rules import Election, NodeHealth, Rules
+from replicarouter.health.rules import NodeHealth, Rules, initial_nodes, judge
 
 from . import stats
 
@@ -52,8 +54,17 @@ def _probe_once(cluster: Any, databases: dict[str, Any]) -> tuple[dict[str, Node
     finally:
         prober.close()
     rules = replace(Rules.from_settings(settings), fall=1, rise=1)
-    # a one-off probe: judged on itself alone (no history, no state-change log lines)
-    return judge(cluster, initial_nodes(cluster, databases), results, rules=rules, history=None, log=False)
+    # a one-off probe: judged on itself alone (no history; its transitions are not logged)
+    verdict = judge(
+        cluster,
+        initial_nodes(cluster, databases),
+        results,
+        rules=rules,
+        history=None,
+        previous=None,
+        now=time.time(),
+    )
+    return verdict.nodes, verdict.election
 
 
 def status(cluster: str | None = None) -> dict[str, Any]:
@@ -94,26 +105,25 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
     local = health.snapshot(spec.name)
     if running() is not None and local is not None and not local.stale():
         nodes = dict(local.nodes)
-        writer, reason = local.active, local.reason
+        writer, reason = local.writer, local.reason
         monitor.update(
             source=f"this process ({local.source})", leader=local.leader, published_at=local.published_at
         )
         monitor["redis"] = local.extra.get("redis")
     if nodes is None and redis_client is not None:
-        key = shared_redis.key("health", spec.name, "snapshot")
         try:
-            fetched = fetch_snapshot(redis_client, key, spec, interval)
+            fetched = shared.fetch(redis_client, spec, interval)
             monitor["redis"] = "up"
         except Exception as exc:
             fetched = None
             monitor["redis"] = f"down ({exc})"
         if fetched is not None:
             nodes, election, leader, published_at = fetched
-            writer, reason = election.active, election.reason
+            writer, reason = election.writer, election.reason
             monitor.update(source="redis", leader=leader, published_at=published_at)
     if nodes is None:
         nodes, election = _probe_once(spec, databases)
-        writer, reason = election.active, election.reason
+        writer, reason = election.writer, election.reason
         monitor.update(source="direct probe", published_at=time.time())
         monitor.setdefault("redis", "not configured" if redis_client is None else monitor.get("redis"))
     published = monitor["published_at"]
@@ -122,6 +132,7 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
     return {
         "primary": _node(nodes[spec.primary]),
         "replicas": [_node(nodes[alias]) for alias in spec.replicas],
+        # "writes_to", not "writer": users script against status() and replicastatus --json
         "writes_to": writer,
         "writer_reason": reason,
         "monitor": monitor,

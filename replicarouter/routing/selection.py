@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
 from replicarouter.sticky.policy import caught_up
@@ -77,9 +77,6 @@ def least_lag(cluster: Cluster, usable: Collection[str] | None, lag: Mapping[str
         return round_robin(cluster, usable)
     tied = {a for a in candidates if lag.get(a, math.inf) == best}
     return round_robin(cluster, tied) if len(tied) > 1 else tied.pop()
-
-
-Policy = Callable[[Cluster, Collection[str] | None], str | None]
 
 
 class ReadRoute(NamedTuple):

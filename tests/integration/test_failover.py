@@ -185,7 +185,7 @@ def test_primary_stopped_reads_go_on_writes_fail_fast(replica_cluster, routing, 
     refused = stats.total("primary_unavailable", cluster="default")
 
     def after_fault():
-        wait_for("primary down", lambda: health.write_node("default", "default") is None, timeout=5)
+        wait_for("primary down", lambda: health.writer("default", "default") is None, timeout=5)
         data = status()
         seen["status"] = data["clusters"]["default"]
         seen["exit"] = exit_code(data)
@@ -219,7 +219,7 @@ def test_primary_stopped_reads_go_on_writes_fail_fast(replica_cluster, routing, 
     ):
         Item.objects.create(name="refused")
     replica_cluster.heal()
-    wait_for("primary back", lambda: health.write_node("default", "default") == "default", timeout=10)
+    wait_for("primary back", lambda: health.writer("default", "default") == "default", timeout=10)
     with request_context():
         assert Item.objects.create(name="after").pk
 

@@ -19,8 +19,9 @@ from replicarouter import pool as pools
 from replicarouter import request_context
 from replicarouter.health import monitor
 from replicarouter.health import store as health
-from replicarouter.health.monitor import LEASE_INTERVALS, ClusterProbe, initial_nodes
-from replicarouter.health.rules import Rules, usable
+from replicarouter.health.probe import ClusterProbe
+from replicarouter.health.rules import Rules, initial_nodes, usable
+from replicarouter.health.shared import LEASE_INTERVALS
 from replicarouter.routing.topology import build
 from replicarouter.testing import django_settings
 from replicarouter.testing.base import wait_for
@@ -254,7 +255,7 @@ def test_promotion_is_reported(replica_cluster_factory):
     try:
         nodes, election = probe.round(initial_nodes(spec, databases), 1.0, Rules(), None)
         assert {a: n.state for a, n in nodes.items()} == {"default": "up", "replica1": "up", "replica2": "up"}
-        assert election.active == "default" and nodes["default"].timeline == 1
+        assert election.writer == "default" and nodes["default"].timeline == 1
         cluster.stop(cluster.primary, "fast")
         cluster.promote("replica1")
         nodes, election = probe.round(nodes, 1.0, Rules(fall=1), election)
@@ -262,7 +263,7 @@ def test_promotion_is_reported(replica_cluster_factory):
         probe.close()
     assert nodes["replica1"].promoted and nodes["replica1"].role == "primary"
     assert nodes["replica1"].timeline == 2
-    assert election.active == "replica1" and election.timeline == 2
+    assert election.writer == "replica1" and election.timeline == 2
     assert nodes["default"].state == "down"
     # replica2 now streams from replica1 and is measured against it
     assert nodes["replica2"].state == "up"

@@ -120,7 +120,7 @@ def test_replica_promoted_writes_follow_and_nothing_is_lost(replica_cluster_fact
         assert not report.stale()
         # nothing acknowledged was lost: every row is on the new primary
         assert _rows(cluster.node("replica1"), acknowledged) == len(acknowledged)
-        assert health.write_node("default", "default") == "replica1"
+        assert health.writer("default", "default") == "replica1"
         data = status()
         assert data["clusters"]["default"]["writes_to"] == "replica1"
         assert stats.total("failovers", cluster="default") == counted + 1  # replicarouter_failovers_total
@@ -136,9 +136,7 @@ def test_old_primary_restarted_is_fenced(replica_cluster_factory, caplog):
         old = cluster.primary
         cluster.stop(old, "fast")
         cluster.promote("replica1")
-        wait_for(
-            "writes on replica1", lambda: health.write_node("default", "default") == "replica1", timeout=5
-        )
+        wait_for("writes on replica1", lambda: health.writer("default", "default") == "replica1", timeout=5)
         seen = {}
 
         def fault():
@@ -180,7 +178,7 @@ def test_monitor_promotes_after_promote_after(replica_cluster_factory, caplog):
         # let the snapshot go stale and send every read to the dead primary); checked by thread, not by
         # how long rounds took, which load decides
         assert {r.threadName for r in promoting} == {"replicarouter-promote"}
-        writer = health.write_node("default", "default")
+        writer = health.writer("default", "default")
         assert writer in ("replica1", "replica2")
         other = cluster.node("replica2" if writer == "replica1" else "replica1")
         new_primary = cluster.node(writer)

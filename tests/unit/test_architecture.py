@@ -36,6 +36,7 @@ PURE = [
     "pool/reset.py",
     "settings_schema.py",
     "health/rules.py",
+    "health/election.py",
 ]
 IMPURE_IMPORTS = ("django", "redis", "sqlalchemy", "psycopg2", "psycopg", "replicarouter.conf")
 #: computation without I/O that a pure module may use: Django's signing (the position cookie)

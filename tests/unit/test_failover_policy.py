@@ -9,8 +9,9 @@ import time
 
 from replicarouter.backends.watchdog import Watchdog
 from replicarouter.health import store as health
+from replicarouter.health.election import elect
 from replicarouter.health.failover import candidate
-from replicarouter.health.rules import NodeHealth, elect
+from replicarouter.health.rules import NodeHealth
 from replicarouter.health.store import Snapshot, set_snapshot
 from replicarouter.observability.report import exit_code
 from replicarouter.routing.topology import Cluster
@@ -20,30 +21,30 @@ NONE: frozenset[str] = frozenset()
 
 def test_the_configured_primary_writes_while_it_answers():
     election = elect("default", {"default": 1}, previous=None, known_timeline=0, unreachable=NONE)
-    assert election.active == "default" and election.timeline == 1 and not election.fenced
+    assert election.writer == "default" and election.timeline == 1 and not election.fenced
 
 
 def test_a_failed_probe_is_not_an_outage_but_down_is():
     kept = elect("default", {}, previous="default", known_timeline=1, unreachable=NONE)
-    assert kept.active == "default"
+    assert kept.writer == "default"
     lost = elect("default", {}, previous="default", known_timeline=1, unreachable=frozenset({"default"}))
-    assert lost.active is None and "default is down and no replica has been promoted" in lost.reason
+    assert lost.writer is None and "default is down and no replica has been promoted" in lost.reason
 
 
 def test_a_promoted_replica_on_a_newer_timeline_takes_the_writes_and_the_old_primary_is_fenced():
     election = elect("default", {"replica1": 2}, previous="default", known_timeline=1, unreachable=NONE)
-    assert election.active == "replica1" and election.timeline == 2
+    assert election.writer == "replica1" and election.timeline == 2
     both = elect(
         "default", {"default": 1, "replica1": 2}, previous="replica1", known_timeline=2, unreachable=NONE
     )
-    assert both.active == "replica1" and both.fenced == {"default"}
+    assert both.writer == "replica1" and both.fenced == {"default"}
     assert "fenced default" in both.reason
 
 
 def test_an_old_primary_alone_is_fenced_when_a_newer_timeline_was_seen():
     """Split brain guard: the promoted node is unreachable, the old one answers: nobody takes writes."""
     election = elect("default", {"default": 1}, previous="replica1", known_timeline=2, unreachable=NONE)
-    assert election.active is None and election.fenced == {"default"}
+    assert election.writer is None and election.fenced == {"default"}
     assert "split brain" in election.reason
 
 
@@ -51,9 +52,9 @@ def test_on_a_tie_the_current_writer_keeps_its_place():
     election = elect(
         "default", {"default": 3, "replica1": 3}, previous="replica1", known_timeline=3, unreachable=NONE
     )
-    assert election.active == "replica1" and election.fenced == {"default"}
+    assert election.writer == "replica1" and election.fenced == {"default"}
     fresh = elect("default", {"default": 3, "replica1": 3}, previous=None, known_timeline=0, unreachable=NONE)
-    assert fresh.active == "default"
+    assert fresh.writer == "default"
 
 
 def _replica(alias, received, position, **kw):
@@ -95,9 +96,9 @@ def test_a_suspect_gets_no_reads_until_a_later_probe_finds_it_healthy():
         health.clear()
 
 
-def test_write_node_before_any_snapshot_is_the_configured_primary():
+def test_the_writer_before_any_snapshot_is_the_configured_primary():
     health.clear()
-    assert health.write_node("nowhere", "default") == "default"
+    assert health.writer("nowhere", "default") == "default"
 
 
 def test_watchdog_cuts_a_read_stuck_on_an_unresponsive_node_only():
@@ -175,7 +176,7 @@ def test_status_stays_a_function_after_every_submodule_is_imported():
 
 
 def test_elections_state_every_field():
-    from replicarouter.health.rules import Election
+    from replicarouter.health.election import Election
 
     assert elect("default", {}, previous=None, known_timeline=0, unreachable=NONE) == Election(
         "default", NONE, 0, "default is primary (last probe did not answer)"
@@ -204,9 +205,9 @@ def test_elections_state_every_field():
 
 def test_on_a_tie_without_the_current_writer_the_configured_primary_wins():
     election = elect("main", {"alpha": 2, "main": 2}, previous="gone", known_timeline=2, unreachable=NONE)
-    assert (election.active, election.fenced) == ("main", frozenset({"alpha"}))
+    assert (election.writer, election.fenced) == ("main", frozenset({"alpha"}))
     anonymous = elect("main", {"zeta": None, "beta": None}, previous=None, known_timeline=0, unreachable=NONE)
-    assert (anonymous.active, anonymous.timeline) == ("beta", 0)  # neither: the first by name
+    assert (anonymous.writer, anonymous.timeline) == ("beta", 0)  # neither: the first by name
 
 
 def test_a_down_replica_is_not_promoted_even_when_it_answers_again():

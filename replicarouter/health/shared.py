@@ -1,0 +1,153 @@
+"""What the processes of a site share through Redis: who probes each cluster (the lease), and what it saw.
+
+Design:
+
+- **One leader per cluster.** Each round a process tries to take or renew the cluster's lease
+  (``SET NX PX``, renewed only by its holder through a compare-and-expire script; it expires after
+  ``LEASE_INTERVALS`` intervals). The holder probes every node and publishes the snapshot; the others
+  read it. A leader that dies stops renewing and another takes over within a lease period; until then,
+  followers find the snapshot stale (older than a lease period) and probe for themselves.
+- **Codec apart from I/O.** ``encode`` / ``decode`` turn a snapshot into JSON and back, and ``applies``
+  says whether a decoded one may be used (published for this topology, fresh, naming a writer among its
+  nodes): pure, unit-tested without Redis. ``lead``, ``release``, ``publish`` and ``fetch`` do the Redis
+  calls, on the process's client and keys from ``replicarouter.redis_client``.
+- **The JSON is an external format**: processes of another release read it during a rolling deploy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any, NamedTuple
+
+from replicarouter import redis_client as shared_redis
+from replicarouter.routing.topology import Cluster
+
+from .election import Election
+from .rules import NodeHealth
+
+logger = logging.getLogger("replicarouter.health")
+
+LEASE_INTERVALS = 3
+SNAPSHOT_TTL_INTERVALS = 10
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Published(NamedTuple):
+    """A cluster's snapshot as its leader published it."""
+
+    nodes: dict[str, NodeHealth]
+    election: Election
+    leader: str | None
+    published_at: float
+
+
+def lease_key(cluster: str) -> str:
+    """Return the Redis key of ``cluster``'s lease."""
+    return shared_redis.key("health", cluster, "leader")
+
+
+def snapshot_key(cluster: str) -> str:
+    """Return the Redis key of ``cluster``'s published snapshot."""
+    return shared_redis.key("health", cluster, "snapshot")
+
+
+def lead(client: Any, cluster: str, identity: str, interval: float) -> bool:
+    """Take or renew ``cluster``'s lease for ``identity``; return whether it holds the lease now."""
+    key = lease_key(cluster)
+    ttl = int(LEASE_INTERVALS * interval * 1000)
+    if client.set(key, identity, nx=True, px=ttl):
+        logger.info(
+            "this process (%s) now probes cluster %r",
+            identity,
+            cluster,
+            extra={"replicarouter_event": "leader", "replicarouter_cluster": cluster},
+        )
+        return True
+    return bool(client.eval(_RENEW, 1, key, identity, ttl))
+
+
+def release(client: Any, clusters: Iterable[str], identity: str) -> None:
+    """Expire the leases of ``clusters`` that ``identity`` still holds, now (errors are ignored)."""
+    for cluster in clusters:
+        with contextlib.suppress(Exception):  # expire our lease now, if it is still ours
+            client.eval(_RENEW, 1, lease_key(cluster), identity, 1)
+
+
+def publish(client: Any, cluster: str, published: Published, interval: float) -> None:
+    """Publish ``cluster``'s snapshot for the other processes (it expires if nobody renews it)."""
+    ttl = int(SNAPSHOT_TTL_INTERVALS * interval * 1000)
+    client.set(snapshot_key(cluster), encode(published, interval), px=ttl)
+
+
+def fetch(client: Any, cluster: Cluster, interval: float) -> Published | None:
+    """Return the snapshot published for ``cluster``; None if missing, unreadable or not applicable."""
+    key = snapshot_key(cluster.name)
+    raw = client.get(key)
+    if raw is None:
+        return None
+    try:
+        published = decode(raw, cluster.primary)
+    except ValueError:
+        logger.warning(
+            "ignoring an unreadable health snapshot at %s", key, extra={"replicarouter_event": "bad_snapshot"}
+        )
+        return None
+    return published if applies(published, cluster, interval=interval, now=time.time()) else None
+
+
+def encode(published: Published, interval: float) -> str:
+    """Return the JSON of a published snapshot."""
+    payload = {
+        "published_at": published.published_at,
+        "leader": published.leader,
+        "interval": interval,
+        "nodes": {alias: asdict(node) for alias, node in published.nodes.items()},
+        # "active", not "writer": processes of 0.1 read this key during a rolling deploy
+        "active": published.election.writer,
+        "timeline": published.election.timeline,
+        "reason": published.election.reason,
+    }
+    return json.dumps(payload)
+
+
+def decode(raw: str | bytes, configured: str) -> Published:
+    """Return the snapshot in ``raw``; raise ValueError if it cannot be read.
+
+    Its fenced nodes are those marked so. One without a writer field (published before failover
+    existed) names the cluster's ``configured`` primary.
+    """
+    try:
+        payload = json.loads(raw)
+        nodes = {alias: NodeHealth(**data) for alias, data in payload["nodes"].items()}
+        published_at = float(payload["published_at"])
+        writer = payload.get("active", configured)
+        election = Election(
+            None if writer is None else str(writer),
+            frozenset(a for a, n in nodes.items() if n.fenced),
+            int(payload.get("timeline") or 0),
+            str(payload.get("reason") or ""),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"unreadable health snapshot: {exc}") from exc
+    return Published(nodes, election, payload.get("leader"), published_at)
+
+
+def applies(published: Published, cluster: Cluster, *, interval: float, now: float) -> bool:
+    """Return whether a snapshot may be used: for ``cluster``'s nodes, fresh, its writer one of them."""
+    if set(published.nodes) != {cluster.primary, *cluster.replicas}:
+        return False  # published for another topology
+    if now - published.published_at > LEASE_INTERVALS * interval:
+        return False
+    writer = published.election.writer
+    return writer is None or writer in published.nodes

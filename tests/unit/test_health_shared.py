@@ -1,0 +1,132 @@
+"""The snapshot codec the processes share through Redis (pure), and fetching through a stand-in client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+
+from replicarouter.health import shared
+from replicarouter.health.election import Election
+from replicarouter.health.rules import NodeHealth
+from replicarouter.health.shared import LEASE_INTERVALS, Published, applies, decode, encode
+from replicarouter.routing.topology import Cluster
+
+CLUSTER = Cluster("default", "default", ("replica1",))
+INTERVAL = 0.5
+
+
+def _published(writer="default", fenced=False, published_at=1000.0, timeline=1):
+    nodes = {
+        "default": NodeHealth("default", "primary", host="h", port="5432", role="primary", state="up",
+                              checked_at=999.5, position=70, timeline=timeline, fenced=fenced),
+        "replica1": NodeHealth("replica1", "replica", role="replica", state="lagging", lag_bytes=3,
+                               lag_seconds=0.25, failures=0, healthy_streak=1, position=67, received=69),
+    }  # fmt: skip
+    election = Election(writer, frozenset({"default"}) if fenced else frozenset(), timeline, "why")
+    return Published(nodes, election, "host:1:abc", published_at)
+
+
+def test_a_snapshot_survives_the_round_trip():
+    for published in (_published(), _published(writer=None, fenced=True), _published(writer="replica1")):
+        assert decode(encode(published, INTERVAL), "default") == published
+        assert decode(encode(published, INTERVAL).encode(), "default") == published  # Redis gives bytes
+
+
+def test_the_json_keeps_the_field_names_of_0_1():
+    payload = json.loads(encode(_published(writer="replica1"), INTERVAL))
+    assert set(payload) == {"published_at", "leader", "interval", "nodes", "active", "timeline", "reason"}
+    assert (payload["active"], payload["timeline"], payload["reason"]) == ("replica1", 1, "why")
+    assert (payload["published_at"], payload["leader"], payload["interval"]) == (1000.0, "host:1:abc", 0.5)
+    assert payload["nodes"]["replica1"]["received"] == 69  # every field, counters included
+
+
+def test_a_snapshot_without_a_writer_field_names_the_configured_primary():
+    payload = json.loads(encode(_published(writer="replica1", timeline=0), INTERVAL))
+    for key in ("active", "timeline", "reason"):
+        del payload[key]
+    published = decode(json.dumps(payload), "default")
+    assert published.election == Election("default", frozenset(), 0, "")
+    assert published.leader == "host:1:abc" and published.published_at == 1000.0
+
+
+def test_the_fenced_nodes_are_those_marked_so():
+    payload = json.loads(encode(_published(), INTERVAL))
+    payload["nodes"]["replica1"]["fenced"] = True
+    assert decode(json.dumps(payload), "default").election.fenced == {"replica1"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"{}",  # no nodes
+        json.dumps({"nodes": {}}),  # no time
+        json.dumps({"nodes": {}, "published_at": "noon"}),
+        json.dumps({"nodes": {"default": {"alias": "default"}}, "published_at": 1.0}),  # a node without role
+        json.dumps({"nodes": {"default": {"nonsense": 1}}, "published_at": 1.0}),
+        json.dumps({"nodes": {}, "published_at": 1.0, "timeline": "two"}),
+        json.dumps(["nodes"]),
+    ],
+)
+def test_an_unreadable_snapshot_is_a_value_error(raw):
+    with pytest.raises(ValueError, match="unreadable health snapshot"):
+        decode(raw, "default")
+
+
+def test_a_snapshot_applies_only_to_its_topology():
+    published = _published()
+    assert applies(published, CLUSTER, interval=INTERVAL, now=1000.0)
+    for other in (
+        Cluster("default", "default", ("replica1", "replica2")),  # a node more
+        Cluster("default", "default", ()),  # a node less
+        Cluster("default", "main", ("replica1",)),  # another primary
+    ):
+        assert not applies(published, other, interval=INTERVAL, now=1000.0)
+
+
+def test_a_snapshot_older_than_a_lease_period_is_stale():
+    published = _published(published_at=1000.0)
+    period = LEASE_INTERVALS * INTERVAL
+    assert applies(published, CLUSTER, interval=INTERVAL, now=1000.0 + period)
+    assert not applies(published, CLUSTER, interval=INTERVAL, now=1000.0 + period + 0.01)
+    assert applies(published, CLUSTER, interval=2 * INTERVAL, now=1000.0 + period + 0.01)
+
+
+def test_a_snapshot_whose_writer_is_not_among_its_nodes_does_not_apply():
+    assert not applies(_published(writer="elsewhere"), CLUSTER, interval=INTERVAL, now=1000.0)
+    assert applies(_published(writer="replica1"), CLUSTER, interval=INTERVAL, now=1000.0)
+    assert applies(_published(writer=None), CLUSTER, interval=INTERVAL, now=1000.0)  # no writer: still news
+
+
+class _Client:
+    """Redis as far as ``fetch`` and ``publish`` use it."""
+
+    def __init__(self):
+        self.data = {}
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def set(self, key, value, px=None):
+        self.data[key] = value.encode()
+
+
+def test_fetch_reads_what_publish_wrote_and_logs_an_unreadable_snapshot(caplog):
+    client = _Client()
+    assert shared.fetch(client, CLUSTER, INTERVAL) is None  # nothing published yet
+    published = _published(published_at=time.time())
+    shared.publish(client, "default", published, INTERVAL)
+    assert list(client.data) == ["replicarouter:health:default:snapshot"]
+    assert shared.fetch(client, CLUSTER, INTERVAL) == published
+    shared.publish(client, "default", _published(published_at=time.time() - 60), INTERVAL)
+    assert shared.fetch(client, CLUSTER, INTERVAL) is None  # stale
+    client.data["replicarouter:health:default:snapshot"] = b"garbage"
+    with caplog.at_level(logging.WARNING, logger="replicarouter.health"):
+        assert shared.fetch(client, CLUSTER, INTERVAL) is None
+    assert caplog.messages == [
+        "ignoring an unreadable health snapshot at replicarouter:health:default:snapshot"
+    ]
+    assert caplog.records[0].replicarouter_event == "bad_snapshot"
