@@ -35,8 +35,6 @@ end
 return 0
 """
 
-#: sticky decisions in this process: reads checked against a position, sent to the primary, releases
-
 
 def client() -> Any:
     """Return this process's Redis client for positions (None without REDIS_URL)."""

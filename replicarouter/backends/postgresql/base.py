@@ -45,8 +45,6 @@ from .creation import DatabaseCreation
 
 logger = logging.getLogger("replicarouter.failover")
 
-#: retries and fallbacks in this process (status and metrics read them)
-
 
 class PooledDriver:
     """psycopg2 as one Django wrapper sees it, except that ``connect()`` borrows from the alias's pool."""
