@@ -281,11 +281,10 @@ def _fork_child_pid(alias: str, inherited: DatabaseWrapper, write_fd: int) -> No
         inherited.close()
         # what garbage collection or interpreter exit may do to inherited connections, done for sure:
         # libpq's close sends a Terminate message, which must not reach the parent's sessions
-        for pool in pools.registry._inherited:
-            for record in list(pool._records):
-                if record.dbapi_connection is not None:
-                    record.dbapi_connection.close()
-        pools.registry._inherited.clear()
+        for pool in pools.registry.inherited():
+            for connection in pool.connections():
+                connection.close()
+        pools.registry.forget_inherited()
         gc.collect()
         os.write(write_fd, str(pid).encode())
     finally:
