@@ -55,8 +55,6 @@ class Watchdog:
         self._inflight: dict[int, Watch] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: reads cut in this process
-        self.aborted = 0
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -100,7 +98,6 @@ class Watchdog:
                     continue  # finished meanwhile
                 watch.aborted = True
                 _cut(watch.fd)
-            self.aborted += 1
             stats.incr("reads_aborted", watch.alias)
             logger.warning(
                 "read on %s got no answer within READ_TIMEOUT and the node does not answer probes: "

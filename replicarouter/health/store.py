@@ -105,10 +105,6 @@ def writer(cluster: str, configured: str) -> str | None:
     return snapshot.writer
 
 
-#: deprecated alias of ``writer`` (its former name), kept for one release: the backend still calls it
-write_node = writer
-
-
 def node(cluster: str, alias: str) -> NodeHealth | None:
     """Return the last known health of one node (None before the first snapshot)."""
     snapshot = _snapshots.get(cluster)

@@ -226,6 +226,12 @@ class ConnectionPool:
             **vars(self.counters),
         }
 
+    def connections(self) -> list[Any]:
+        """Return the driver connections this pool opened that are still open (idle or lent)."""
+        return [
+            record.dbapi_connection for record in list(self._records) if record.dbapi_connection is not None
+        ]
+
     def dispose(self) -> None:
         """Close every idle connection; checked-out ones are closed when they come back."""
         self.disposed = True

@@ -63,6 +63,14 @@ class PoolRegistry:
             for key in [k for k in self._pools if alias is None or k[0] == alias]:
                 self._pools.pop(key).dispose()
 
+    def inherited(self) -> list[ConnectionPool]:
+        """Return the pools of the parent process this child still references (their sockets are inert)."""
+        return list(self._inherited)
+
+    def forget_inherited(self) -> None:
+        """Drop the references to the parent's pools: garbage collection may then close them, harmlessly."""
+        self._inherited.clear()
+
     def after_fork(self) -> None:
         """Forget the parent's pools without touching the parent's connections (runs in the child)."""
         devnull = os.open(os.devnull, os.O_RDWR)

@@ -14,6 +14,7 @@ import uuid
 import psycopg2
 import psycopg2.errors
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished, request_started
 from django.db import DataError, OperationalError, connections
 
@@ -258,7 +259,8 @@ def test_leak_warning_names_the_holding_thread(replica_cluster, caplog):
     alias = _alias()
     holder = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0, "LEAK_WARNING": 0.05})
     holder.ensure_connection()
-    lease = holder._borrowed.lease
+    assert holder.borrowed is not None
+    lease = holder.borrowed.lease
     wait_for(
         "the holder's lease to pass LEAK_WARNING", lambda: time.monotonic() - lease.since > 0.05, timeout=5
     )
@@ -281,11 +283,10 @@ def _fork_child_pid(alias: str, inherited: DatabaseWrapper, write_fd: int) -> No
         inherited.close()
         # what garbage collection or interpreter exit may do to inherited connections, done for sure:
         # libpq's close sends a Terminate message, which must not reach the parent's sessions
-        for pool in pools.registry._inherited:
-            for record in list(pool._records):
-                if record.dbapi_connection is not None:
-                    record.dbapi_connection.close()
-        pools.registry._inherited.clear()
+        for pool in pools.registry.inherited():
+            for connection in pool.connections():
+                connection.close()
+        pools.registry.forget_inherited()
         gc.collect()
         os.write(write_fd, str(pid).encode())
     finally:
@@ -374,3 +375,67 @@ def test_connect_failure_is_django_operational_error(replica_cluster):
     wrapper = DatabaseWrapper(settings, alias=_alias())
     with pytest.raises(OperationalError, match="Connection refused|could not connect"):
         wrapper.ensure_connection()
+
+
+def test_django_prepares_every_borrowed_connection_as_a_new_one(replica_cluster):
+    """get_new_connection borrows, then Django's own code prepares the connection, new or pooled.
+
+    OPTIONS' isolation level is applied and JSON comes back undecoded (Django's jsonb loads), on the
+    first borrow (a new server connection) and on the second (the same one, from the pool); the driver
+    stand-in lives only during the call.
+    """
+    alias = _alias()
+    wrapper = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0})
+    wrapper.settings_dict["OPTIONS"]["isolation_level"] = psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE
+    pids = set()
+    for _ in range(2):
+        wrapper.ensure_connection()
+        assert wrapper.Database is psycopg2
+        pids.add(wrapper.connection.info.backend_pid)
+        assert _scalar(wrapper, """SELECT '{"a": 1}'::jsonb""") == '{"a": 1}'
+        wrapper.set_autocommit(False)
+        assert _scalar(wrapper, "SHOW transaction_isolation") == "serializable"
+        wrapper.rollback()
+        wrapper.close()
+    assert len(pids) == 1 and pools.registry.stats(alias)["checkouts"] == 2
+
+
+def test_an_invalid_isolation_level_fails_before_borrowing(replica_cluster):
+    alias = _alias()
+    wrapper = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0})
+    wrapper.settings_dict["OPTIONS"]["isolation_level"] = 99
+    with pytest.raises(ImproperlyConfigured, match="Invalid transaction isolation level 99"):
+        wrapper.ensure_connection()
+    assert wrapper.borrowed is None and pools.registry.stats(alias)["checkouts"] == 0
+    assert wrapper.Database is psycopg2
+
+
+def test_close_pool_closes_this_alias_s_pooled_connections_only(replica_cluster):
+    """Django 5.1+ calls close_pool() before cloning a test database and when TIME_ZONE or USE_TZ change.
+
+    The idle connection closes at once, the lent one when it comes back, and the next borrow opens a new
+    one; another alias's pool keeps its connection.
+    """
+    alias, other_alias = _alias(), _alias()
+    held = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0})
+    held_pid = _scalar(held, "SELECT pg_backend_pid()")
+    idle = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0})
+    idle_pid = _scalar(idle, "SELECT pg_backend_pid()")
+    idle.close()
+    other = _wrapper(other_alias, {"SIZE": 1, "MAX_OVERFLOW": 0})
+    _scalar(other, "SELECT 1")
+    other.close()
+    assert _server_connections(replica_cluster, alias) == 2
+
+    idle.close_pool()
+    assert pools.registry.pools(alias) == []
+    wait_for(
+        "the idle connection to close", lambda: _server_connections(replica_cluster, alias) == 1, timeout=5
+    )
+    held.close()  # returned to a disposed pool: closed, not kept
+    wait_for(
+        "the lent connection to close", lambda: _server_connections(replica_cluster, alias) == 0, timeout=5
+    )
+    assert _server_connections(replica_cluster, other_alias) == 1
+    assert _scalar(idle, "SELECT pg_backend_pid()") not in (idle_pid, held_pid)
+    idle.close()
