@@ -200,7 +200,11 @@ class ClusterBase(FaultControls, ABC):
         return wanted <= {row[0] for row in rows}
 
     def wait_streaming(self, node: str | Node, timeout: float | None = None) -> None:
-        """Wait until a replica's WAL receiver streams from the current primary."""
+        """Wait until a replica streams from the current primary, as both ends see it.
+
+        The replica's WAL receiver says "streaming" as soon as it connected, while the primary's sender may
+        still be in "catchup": a caller that looks at ``pg_stat_replication`` next must find it streaming.
+        """
         replica = self.node(node)
         primary = self.primary
 
@@ -209,7 +213,13 @@ class ClusterBase(FaultControls, ABC):
             if not rows:
                 return False
             status, sender_host, sender_port = rows[0]
-            return bool(status == "streaming" and self._is_sender(primary, sender_host, sender_port))
+            if not (status == "streaming" and self._is_sender(primary, sender_host, sender_port)):
+                return False
+            senders = primary.query(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
+                (replica.name,),
+            )
+            return bool(senders)
 
         wait_for(
             f"{replica.name} to stream from {primary.name}",
