@@ -170,3 +170,10 @@ def test_pool_options_take_every_key():
     )  # fmt: skip
     assert options == PoolOptions(3, 0, 2.0, 60, True, "rollback", False, 30.0)
     assert type(options.timeout) is float and type(options.leak_warning) is float
+
+
+def test_a_number_without_a_minimum_accepts_any_number_but_not_a_boolean():
+    unbounded = Option("X", 1.0, Kind.NUMBER, "replicarouter.E999", "a number of anything")
+    assert unbounded.valid(-5) and unbounded.valid(0) and unbounded.valid(2.5)
+    assert not unbounded.valid(True) and not unbounded.valid("1")
+    assert unbounded.requirement() == "a number"
