@@ -270,19 +270,18 @@ def _dispose_suspect_pools(
 
 _lock = threading.Lock()
 _monitor: Monitor | None = None
-_started = False
 
 
 def ensure_running() -> None:
     """Start this process's monitor unless it runs already (the router calls this: a flag check)."""
     runtime.check_fork()
-    if not _started:
+    if _monitor is None:
         ensure_started()
 
 
 def ensure_started() -> Monitor:
     """Return this process's monitor, starting it on first use (and again in a forked child)."""
-    global _monitor, _started
+    global _monitor
     runtime.check_fork()
     monitor = _monitor
     if monitor is not None and monitor.is_alive():
@@ -293,7 +292,6 @@ def ensure_started() -> Monitor:
             monitor = Monitor()
             monitor.start()
             _monitor = monitor
-            _started = True
         return monitor
 
 
@@ -308,10 +306,9 @@ def running() -> Monitor | None:
 @runtime.on_stop
 def stop(timeout: float = 5.0) -> None:
     """Stop this process's monitor (no thread is left behind) and forget its snapshots."""
-    global _monitor, _started
+    global _monitor
     with _lock:
         monitor, _monitor = _monitor, None
-        _started = False
     if monitor is not None:
         monitor.stop(timeout)
     clear()
@@ -320,6 +317,6 @@ def stop(timeout: float = 5.0) -> None:
 @runtime.on_fork
 def _forget_parent() -> None:
     """In a forked child: the parent's monitor thread is gone, and its snapshots say nothing certain."""
-    global _monitor, _started, _lock
-    _monitor, _started, _lock = None, False, threading.Lock()
+    global _monitor, _lock
+    _monitor, _lock = None, threading.Lock()
     clear()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from replicarouter.backends.postgresql import lending
-from replicarouter.backends.postgresql.lending import Fallback, Role, Writer
+from replicarouter.backends.postgresql.lending import Role, Writer
 from replicarouter.routing.topology import Cluster, smooth_rotation
 
 
@@ -69,20 +69,6 @@ def test_no_writer_means_primary_unavailable_with_the_snapshot_s_reason(known_re
 )
 def test_a_replica_tries_itself_unless_unanswered_or_suspect(failures, suspect, expected):
     assert lending.tries_itself(failures, suspect) is expected
-
-
-@pytest.mark.parametrize(
-    ("alias", "usable", "replica"),
-    [
-        ("r1", {"r1", "r2", "r3"}, "r2"),  # the first other usable replica in configuration order
-        ("r2", {"r1", "r2", "r3"}, "r1"),
-        ("r1", {"r3"}, "r3"),
-        ("r1", {"r1"}, None),  # only itself: the primary lends
-        ("r1", set(), None),
-    ],
-)
-def test_fallback_is_another_usable_replica_then_the_primary(alias, usable, replica):
-    assert lending.fallback(THREE, alias, usable) == Fallback(replica, "primary")
 
 
 FACTS = {"write": False, "session_state": False, "autocommit": True, "in_atomic_block": False,

@@ -150,10 +150,12 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
 
         ``context`` prefixes the reason of the ``PrimaryUnavailable`` raised when there is none.
         """
-        snapshot = health.snapshot(cluster.name)
-        writer = lending.writer(
-            self.alias, health.writer(cluster.name, self.alias), snapshot.reason if snapshot else None
-        )
+        elected = health.writer(cluster.name, self.alias)
+        known_reason = None
+        if elected is None:  # only a refusal needs the snapshot's reason: not looked up on every borrow
+            snapshot = health.snapshot(cluster.name)
+            known_reason = snapshot.reason if snapshot else None
+        writer = lending.writer(self.alias, elected, known_reason)
         if writer.node is None:
             stats.incr("primary_unavailable", cluster.name)
             raise PrimaryUnavailable(cluster.name, self.alias, context + writer.reason)
@@ -188,8 +190,10 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
 
     def _forget_inherited(self) -> None:
         """Drop, without I/O, a connection this wrapper holds from before a fork."""
+        if self.connection is None:
+            return
         runtime.check_fork()
-        if self.connection is not None and self._borrowed_generation != runtime.generation():
+        if self._borrowed_generation != runtime.generation():
             self.connection = None
             self._borrowed = None
             self.closed_in_transaction = False
@@ -277,8 +281,5 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
 
     def mark_write(self) -> None:
         """Record that this request/task wrote through this alias (its cluster's reads go to the primary)."""
-        try:
-            cluster = topology().by_alias.get(self.alias)
-        except ConfigurationError:
-            cluster = None
+        cluster = self._placement()
         context.mark_write(cluster.name if cluster is not None else self.alias)

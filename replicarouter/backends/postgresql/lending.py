@@ -20,12 +20,11 @@ raw cursors all follow it:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from replicarouter.routing import selection
 from replicarouter.routing.topology import Cluster
 
 #: how many times one read runs again after its connection broke (on a fallback replica, then the primary)
@@ -86,19 +85,6 @@ def tries_itself(failures: int | None, suspect: bool) -> bool:
     return not unanswered and not suspect
 
 
-@dataclass(slots=True)
-class Fallback:
-    """Who lends reads of a replica alias whose own node cannot: ``replica`` (if any), then ``primary``."""
-
-    replica: str | None
-    primary: str
-
-
-def fallback(cluster: Cluster, alias: str, usable: Collection[str]) -> Fallback:
-    """Return who lends connections for reads of replica ``alias`` when its own node cannot."""
-    return Fallback(selection.fallback_replica(cluster, alias, usable), cluster.primary)
-
-
 def retryable(
     *, write: bool, session_state: bool, autocommit: bool, in_atomic_block: bool, server_side: bool
 ) -> bool:
@@ -127,9 +113,8 @@ def suspects(
     ``alias`` itself, and every replica alias of the cluster configured on ``server`` (``host:port``):
     the broken connection may have been lent by another replica alias.
     """
+    entries = {other: databases.get(other, {}) for other in cluster.replicas}
     on_server = [
-        other
-        for other in cluster.replicas
-        if f"{databases.get(other, {}).get('HOST')}:{databases.get(other, {}).get('PORT')}" == server
+        other for other, entry in entries.items() if f"{entry.get('HOST')}:{entry.get('PORT')}" == server
     ]
     return (alias, *on_server)

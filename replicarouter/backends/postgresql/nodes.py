@@ -1,9 +1,9 @@
 """Borrowing from the cluster's other nodes for one wrapper: what ``lending`` decides, done.
 
-A replica alias whose own node cannot serve borrows from the replica ``lending.fallback`` names (from
-that alias's pool, with its parameters), then from the primary alias's writer, in a read-only session
-(the connection is marked tainted, so ``DISCARD ALL`` undoes that on its way back, whatever ``RESET``
-says). Each fallback is counted (``read_fallbacks``) and logged.
+A replica alias whose own node cannot serve borrows from the replica ``selection.fallback_replica``
+names (from that alias's pool, with its parameters), then from the primary alias's writer, in a
+read-only session (the connection is marked tainted, so ``DISCARD ALL`` undoes that on its way back,
+whatever ``RESET`` says). Each fallback is counted (``read_fallbacks``) and logged.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import psycopg2
 from replicarouter import pool as pools
 from replicarouter.health import store as health
 from replicarouter.observability import stats
+from replicarouter.routing import selection
 from replicarouter.routing.topology import Cluster
-
-from . import lending
 
 if TYPE_CHECKING:
     from .base import DatabaseWrapper
@@ -57,23 +56,23 @@ def first_line(exc: BaseException | None) -> str:
 def borrow_fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Borrowed:
     """Lend, for reads of replica ``alias``, a connection to another usable replica, else the primary."""
     failures = [f"{alias}: {first_line(error) if error else 'found broken by an earlier request'}"]
-    plan = lending.fallback(cluster, alias, health.usable_replicas(cluster.name))
-    if plan.replica is not None:
-        lender = wrapper(plan.replica)
+    replica = selection.fallback_replica(cluster, alias, health.usable_replicas(cluster.name))
+    if replica is not None:
+        lender = wrapper(replica)
         try:
             borrowed = lender.connection_pool(lender.get_connection_params()).checkout()
         except psycopg2.OperationalError as exc:
-            health.suspect(cluster.name, plan.replica)
-            failures.append(f"{plan.replica}: {first_line(exc)}")
+            health.suspect(cluster.name, replica)
+            failures.append(f"{replica}: {first_line(exc)}")
         else:
             stats.incr("read_fallbacks", alias)
             logger.warning(
                 "replica %s unavailable (%s): its reads go to %s",
-                alias, failures[0], plan.replica,
+                alias, failures[0], replica,
                 extra={"replicarouter_node": alias, "replicarouter_event": "read_fallback"},
             )  # fmt: skip
             return borrowed
-    borrowed = wrapper(plan.primary).borrow_from_writer(
+    borrowed = wrapper(cluster.primary).borrow_from_writer(
         cluster, context="no replica could serve the read either (" + "; ".join(failures) + "); "
     )
     _make_read_only(borrowed)
