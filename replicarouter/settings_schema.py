@@ -76,6 +76,13 @@ class Balance(StrEnum):
     LEAST_LAG = "least_lag"
 
 
+class ReleaseMode(StrEnum):
+    """``POOL["RELEASE"]``: when a Django wrapper gives its pooled connection back."""
+
+    TRANSACTION = "transaction"
+    REQUEST = "request"
+
+
 class ResetMode(StrEnum):
     """``POOL["RESET"]``: how a returned connection is cleaned."""
 
@@ -278,6 +285,10 @@ POOL_OPTIONS: Mapping[str, Option] = _table(
     ),
     Option("PRE_PING", False, Kind.BOOLEAN, "replicarouter.E055", "run SELECT 1 on each checkout"),
     _choice("RESET", ResetMode.AUTO, "replicarouter.E056", "how a returned connection is cleaned"),
+    _choice(
+        "RELEASE", ReleaseMode.TRANSACTION, "replicarouter.E059",
+        "when a wrapper gives its connection back: after each unit of work, or when Django closes it",
+    ),
     Option("LIFO", True, Kind.BOOLEAN, "replicarouter.E057", "hand out the most recently returned first"),
     Option(
         "LEAK_WARNING", None, Kind.NUMBER, "replicarouter.E058",

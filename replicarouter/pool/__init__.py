@@ -24,13 +24,15 @@ Design:
 from __future__ import annotations
 
 from .options import POOL_DEFAULTS, RESET_MODES, PoolOptions, pool_problems, pool_settings_problems
-from .pool import Borrowed, ConnectionPool, PoolCounters
+from .pool import PREPARED_KEY, SESSION_KEY, Borrowed, ConnectionPool, PoolCounters
 from .registry import PoolRegistry, registry
 from .reset import ResetPlan, reset_plan
 
 __all__ = [
     "POOL_DEFAULTS",
+    "PREPARED_KEY",
     "RESET_MODES",
+    "SESSION_KEY",
     "Borrowed",
     "ConnectionPool",
     "PoolCounters",

@@ -28,6 +28,7 @@ class PoolOptions:
     recycle: int = POOL_OPTIONS["RECYCLE"].default
     pre_ping: bool = POOL_OPTIONS["PRE_PING"].default
     reset: str = POOL_OPTIONS["RESET"].default
+    release: str = POOL_OPTIONS["RELEASE"].default
     lifo: bool = POOL_OPTIONS["LIFO"].default
     leak_warning: float | None = POOL_OPTIONS["LEAK_WARNING"].default
 

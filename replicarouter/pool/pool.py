@@ -24,6 +24,12 @@ from .reset import reset_plan
 
 logger = logging.getLogger("replicarouter.pools")
 
+#: pool entry ``info`` keys (they live as long as the server connection): what the connection was prepared
+#: for by a Django wrapper, and the driver's session characteristics then (isolation level, readonly,
+#: deferrable). A reset that clears session state forgets the first, so the next borrower prepares again.
+PREPARED_KEY = "replicarouter.prepared"
+SESSION_KEY = "replicarouter.session"
+
 
 @dataclass
 class PoolCounters:
@@ -61,6 +67,12 @@ class Borrowed:
     def connection(self) -> Any:
         """Return the raw psycopg2 connection."""
         return self.fairy.dbapi_connection
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Return the flags kept with this server connection across checkouts (SQLAlchemy's ``info``)."""
+        info: dict[str, Any] = self.fairy.info
+        return info
 
 
 class ConnectionPool:
@@ -171,8 +183,16 @@ class ConnectionPool:
         if conn.closed:
             return False
         try:
+            info = borrowed.info
+            baseline = info.get(SESSION_KEY)
+            now = (conn.isolation_level, conn.readonly, conn.deferrable)
+            changed = baseline is not None and baseline != now
             plan = reset_plan(
-                conn.info.transaction_status, self.options.reset, borrowed.dirty, borrowed.tainted
+                conn.get_transaction_status(),
+                self.options.reset,
+                borrowed.dirty,
+                borrowed.tainted,
+                characteristics_changed=changed,
             )
             if plan.invalidate:
                 return False
@@ -181,9 +201,16 @@ class ConnectionPool:
             if plan.discard:
                 if not conn.autocommit:
                     conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
+                if plan.restore_characteristics:
+                    # in autocommit psycopg2 sets them as default_transaction_* GUCs, which DISCARD ALL
+                    # resets on the server; the driver's own copy must go back to the defaults too
+                    conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT", deferrable="DEFAULT")
                 with conn.cursor() as cursor:
                     cursor.execute("DISCARD ALL")
                 self.counters.discards += 1
+                # time zone, role and isolation level are gone: the next wrapper prepares it again
+                info.pop(PREPARED_KEY, None)
+                info.pop(SESSION_KEY, None)
         except Exception as exc:
             logger.info(
                 "pool %r: closing a connection that failed its reset: %s",

@@ -23,18 +23,30 @@ class ResetPlan:
     rollback: bool = False
     #: clear session state with ``DISCARD ALL``
     discard: bool = False
+    #: put the driver's session characteristics (isolation level, readonly, deferrable) back first
+    restore_characteristics: bool = False
 
 
-def reset_plan(transaction_status: int, reset: str, dirty: bool, tainted: bool = False) -> ResetPlan:
+def reset_plan(
+    transaction_status: int,
+    reset: str,
+    dirty: bool,
+    tainted: bool = False,
+    *,
+    characteristics_changed: bool = False,
+) -> ResetPlan:
     """Return what a returned connection needs, given its libpq transaction status and ``RESET`` mode.
 
     ``dirty``: the borrower ran a statement that may leave session state behind (``SET``, temporary
     tables, ``LISTEN``…). ``"auto"`` discards only then, ``"always"`` every time, ``"rollback"`` never.
     ``tainted``: replicarouter left session state itself (see ``Borrowed.tainted``): discarded always.
+    ``characteristics_changed``: the borrower changed the driver's isolation level, readonly or
+    deferrable (``set_session()`` on the raw connection): put back and discarded whatever ``RESET`` says.
     """
     if transaction_status == TRANSACTION_UNKNOWN:
         return ResetPlan(invalidate=True)
     return ResetPlan(
         rollback=transaction_status != TRANSACTION_IDLE,
-        discard=tainted or reset == "always" or (reset == "auto" and dirty),
+        discard=tainted or characteristics_changed or reset == "always" or (reset == "auto" and dirty),
+        restore_characteristics=characteristics_changed,
     )

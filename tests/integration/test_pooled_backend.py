@@ -62,7 +62,7 @@ def test_connections_are_reused_across_requests(replica_cluster):
         request_started.send(sender=None)
         pids.add(_scalar(connection, "SELECT pg_backend_pid()"))
         request_finished.send(sender=None)  # Django's close_old_connections: CONN_MAX_AGE=0 closes
-        assert connection.connection is None  # Django let go of it...
+        assert connection.borrowed is None  # the wrapper let go of it...
     stats = pools.registry.stats("default")
     assert len(pids) == 1  # ...but the server connection lived on in the pool
     assert stats["connects"] - before <= 1
@@ -163,14 +163,14 @@ def test_reset_always_discards_state_the_classifier_cannot_see(replica_cluster, 
         )
     connections["default"].close()
     try:
-        first = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": reset})
+        first = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": reset, "RELEASE": "request"})
         _scalar(first, f"SELECT {function}()")
         assert _scalar(first, "SHOW statement_timeout") == "4321ms"
         pid = _scalar(first, "SELECT pg_backend_pid()")
         first.close()
         assert pools.registry.stats(alias)["discards"] == discards
 
-        second = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": reset})
+        second = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0, "RESET": reset, "RELEASE": "request"})
         assert _scalar(second, "SELECT pg_backend_pid()") == pid  # the same server connection...
         assert _scalar(second, "SHOW statement_timeout") == seen  # ...with or without the function's SET
         second.close()
@@ -295,7 +295,7 @@ def _fork_child_pid(alias: str, inherited: DatabaseWrapper, write_fd: int) -> No
 
 def test_forked_child_gets_its_own_connections_and_the_parent_keeps_its_own(replica_cluster):
     alias = _alias()
-    held = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0})
+    held = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0, "RELEASE": "request"})
     held_pid = _scalar(held, "SELECT pg_backend_pid()")  # this one is checked out at fork time
     idle = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0})
     idle_pid = _scalar(idle, "SELECT pg_backend_pid()")
@@ -385,7 +385,7 @@ def test_django_prepares_every_borrowed_connection_as_a_new_one(replica_cluster)
     stand-in lives only during the call.
     """
     alias = _alias()
-    wrapper = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0})
+    wrapper = _wrapper(alias, {"SIZE": 1, "MAX_OVERFLOW": 0, "RELEASE": "request"})
     wrapper.settings_dict["OPTIONS"]["isolation_level"] = psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE
     pids = set()
     for _ in range(2):
@@ -417,7 +417,7 @@ def test_close_pool_closes_this_alias_s_pooled_connections_only(replica_cluster)
     one; another alias's pool keeps its connection.
     """
     alias, other_alias = _alias(), _alias()
-    held = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0})
+    held = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0, "RELEASE": "request"})
     held_pid = _scalar(held, "SELECT pg_backend_pid()")
     idle = _wrapper(alias, {"SIZE": 2, "MAX_OVERFLOW": 0})
     idle_pid = _scalar(idle, "SELECT pg_backend_pid()")

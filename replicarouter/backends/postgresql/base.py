@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,24 +38,20 @@ from replicarouter.routing.topology import Cluster
 from . import lending, nodes
 from .creation import DatabaseCreation
 from .cursor import TrackingCursor
+from .units import UnitOfWorkWrapper
 
 logger = logging.getLogger("replicarouter.failover")
 
 
-class DatabaseWrapper(django_base.DatabaseWrapper):
+class DatabaseWrapper(UnitOfWorkWrapper):
     """A postgresql ``DatabaseWrapper`` whose connections come from a SQLAlchemy QueuePool."""
 
     creation_class = DatabaseCreation
 
-    connection: Any
     _in_atomic_block = False
-    #: set while this wrapper holds a connection lent for reads of a replica alias (retries allowed)
-    _read_cluster: Cluster | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._borrowed: pools.Borrowed | None = None
-        self._borrowed_generation = -1
         self._pool_cache: tuple[Any, dict[str, Any], pools.ConnectionPool] | None = None
 
     # -- pools ------------------------------------------------------------------------------------------
@@ -90,16 +87,6 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         """
         pools.registry.dispose(self.alias)
 
-    @property
-    def borrowed(self) -> pools.Borrowed | None:
-        """Return the pooled connection this wrapper holds now (None: it holds none)."""
-        return self._borrowed
-
-    def mark_dirty(self) -> None:
-        """Note that the session state of the held connection changed (``DISCARD ALL`` on its return)."""
-        if self._borrowed is not None:
-            self._borrowed.dirty = True
-
     # -- connecting -------------------------------------------------------------------------------------
 
     def get_connection_params(self) -> dict[str, Any]:
@@ -108,16 +95,16 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         params.setdefault("connect_timeout", settings.CONNECT_TIMEOUT)
         return params
 
-    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        """Borrow a connection from the node ``lending`` picks, prepared by Django as a new one."""
+    def _prepared_by_django(self, conn_params: dict[str, Any], connect: Callable[..., Any]) -> Any:
+        """Return the connection ``connect`` gives, prepared by Django's ``get_new_connection``."""
         # Django's get_new_connection (4.2 and 5.2 alike) takes its connection from
         # ``self.Database.connect()``, after checking OPTIONS["isolation_level"] and before preparing it
         # (isolation level, jsonb loads); its other source, 5.1+'s ``self.pool``, is psycopg 3's pool and
         # also steers ``_close`` and ``is_usable``. So for this one call connect() borrows, and Django's
         # own code does the rest: nothing of it is copied here, and nothing else sees the stand-in.
-        self.Database = SimpleNamespace(connect=self._borrow)
+        self.Database = SimpleNamespace(connect=connect)
         try:
-            return super().get_new_connection(conn_params)
+            return django_base.DatabaseWrapper.get_new_connection(self, conn_params)
         finally:
             del self.Database  # psycopg2 again (the class attribute)
 
@@ -190,7 +177,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
 
     def _forget_inherited(self) -> None:
         """Drop, without I/O, a connection this wrapper holds from before a fork."""
-        if self.connection is None:
+        if self._raw is None:
             return
         runtime.check_fork()
         if self._borrowed_generation != runtime.generation():
@@ -212,6 +199,8 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
         if borrowed is None:
             super()._close()
             return None
+        if self._open_cursors:
+            borrowed.dirty = True  # server-side cursors WITH HOLD may stay open on the session
         # closed inside atomic(), Django keeps referring to this connection until the block ends: it
         # must not go back to the pool where another thread could get it, so it is closed for good
         borrowed.pool.checkin(borrowed, reusable=not self.in_atomic_block)
@@ -220,7 +209,13 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
     # -- statements -------------------------------------------------------------------------------------
 
     def create_cursor(self, name: str | None = None) -> Any:
-        return TrackingCursor(super().create_cursor(name), self)
+        cursor = TrackingCursor(self.raw_cursor(name), self, self._borrowed)
+        self.cursor_opened()
+        return cursor
+
+    def raw_cursor(self, name: str | None = None) -> Any:
+        """Return a driver cursor on the borrowed connection, made as Django makes them."""
+        return super().create_cursor(name)
 
     @property
     def guards_reads(self) -> bool:
@@ -267,7 +262,7 @@ class DatabaseWrapper(django_base.DatabaseWrapper):
             self.close()
         self.connection = None
         self.ensure_connection()
-        cursor.replace(self.create_cursor().raw)
+        cursor.rebind()
 
     @property
     def in_atomic_block(self) -> bool:
