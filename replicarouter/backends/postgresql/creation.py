@@ -19,6 +19,12 @@ class DatabaseCreation(django_creation.DatabaseCreation):
         pools.registry.dispose()
         return super()._create_test_db(verbosity, autoclobber, keepdb)
 
+    def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
+        # ``manage.py test --parallel N``: CREATE DATABASE … TEMPLATE fails while any session is connected
+        # to the source, and every alias of this process may hold idle pooled connections to it
+        pools.registry.dispose()
+        super()._clone_test_db(suffix, verbosity, keepdb)
+
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
         # idle pooled connections to the test database would make DROP DATABASE fail with
         # "database ... is being accessed by other users"; connections still checked out by threads a
