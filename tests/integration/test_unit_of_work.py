@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg2
 import pytest
-from django.db import OperationalError, connections, transaction
 from django.core.signals import got_request_exception
+from django.db import OperationalError, connections, transaction
 from django.db.backends.signals import connection_created
 from django.db.models.expressions import RawSQL
 from django.test import Client
@@ -236,7 +236,7 @@ def test_a_wrapper_gives_its_connection_back_after_each_statement(replica_cluste
 
 
 def test_held_inside_atomic_and_open_cursors_only(replica_cluster):
-    """Inside atomic(), a savepoint, select_for_update and an open cursor the connection stays; on_commit runs."""
+    """In atomic(), a savepoint, select_for_update and while a cursor is open the connection stays."""
     wrapper = connections["default"]
     with pooled():
         ran = []
@@ -259,7 +259,7 @@ def test_held_inside_atomic_and_open_cursors_only(replica_cluster):
 
 
 def test_server_side_cursor_iterates_outside_a_transaction_while_other_threads_borrow(replica_cluster):
-    """``.iterator()`` keeps its connection (a WITH HOLD cursor) while 4 threads share the rest of the pool."""
+    """``.iterator()`` keeps its connection (a WITH HOLD cursor) while 4 threads share the rest."""
     with pooled(SIZE=2, MAX_OVERFLOW=0, TIMEOUT=5.0):
         Item.objects.using("default").bulk_create(Item(name=f"it{i}") for i in range(30))
         wrapper = connections["default"]
@@ -431,7 +431,7 @@ def test_driver_session_characteristics_are_reset_for_the_next_borrower(replica_
 
 
 def test_assume_role_holds_on_every_borrow_and_after_a_reset(replica_cluster):
-    """Django's ``OPTIONS["assume_role"]`` (a SET ROLE through a raw cursor) on every connection handed out."""
+    """Django's ``OPTIONS["assume_role"]`` (SET ROLE through a raw cursor) on every connection lent."""
     if not hasattr(DatabaseWrapper, "_configure_role"):
         pytest.skip("OPTIONS['assume_role'] is Django 5.2's")
     role = f"rr_role_{uuid.uuid4().hex[:6]}"
