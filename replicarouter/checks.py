@@ -1,7 +1,7 @@
 """System checks: every replicarouter misconfiguration gets a stable id and a hint.
 
 One id per condition (so each can be looked up and silenced alone). Pools: E001 CONN_MAX_AGE with a
-pooled alias; E002 POOL not a dict; E050 unknown POOL key; E051–E058 an invalid value of one POOL key
+pooled alias; E002 POOL not a dict; E050 unknown POOL key; E051–E059 an invalid value of one POOL key
 (one id per key, from ``settings_schema.POOL_OPTIONS``); E003 pool options inside OPTIONS; E004
 psycopg2 missing; E005 psycopg 3 installed (Django would drive it instead of psycopg2); W001 POOL on an
 alias that does not use the pooled backend.

@@ -8,7 +8,7 @@ derives from these two tables: the typed accessors of ``conf.settings`` (read at
 docs/configuration.md with the code.
 
 Check ids: a wrong value of a key is reported under that key's own id (``REPLICAROUTER``: E030–E045,
-``POOL``: E051–E058), so each can be looked up and silenced alone; the structure of the dicts has its
+``POOL``: E051–E059), so each can be looked up and silenced alone; the structure of the dicts has its
 own ids (E017 / E018: ``REPLICAROUTER`` not a dict / unknown keys; E002 / E050 the same for ``POOL``;
 E010 and E019–E022 for ``CLUSTERS``, reported by ``routing.topology.build``).
 """

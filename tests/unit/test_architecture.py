@@ -29,6 +29,7 @@ TOP_LEVEL = {
 ALIASES = {"router.py", "middleware.py", "metrics.py", "logs.py"}
 #: modules that decide without I/O (STYLE.md 1): unit-tested and mutation-tested without servers
 PURE = [
+    "backends/postgresql/holding.py",
     "routing/selection.py",
     "routing/statements.py",
     "routing/topology.py",

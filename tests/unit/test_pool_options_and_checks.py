@@ -170,7 +170,7 @@ def test_each_pool_problem_is_its_own_message_with_its_own_id():
     )
     keys = (
         "Valid keys and defaults: SIZE=10, MAX_OVERFLOW=10, TIMEOUT=5.0, RECYCLE=1800, PRE_PING=False, "
-        "RESET='auto', LIFO=True, LEAK_WARNING=None. See docs/configuration.md."
+        "RESET='auto', RELEASE='transaction', LIFO=True, LEAK_WARNING=None. See docs/configuration.md."
     )
     assert [(m.id, m.msg, m.hint) for m in messages] == [
         ("replicarouter.E050", "DATABASES['r1']['POOL'] is invalid: unknown key 'A'.", keys),

@@ -67,3 +67,13 @@ def test_state_replicarouter_left_is_discarded_whatever_the_mode(status, reset, 
     """A primary connection lent read-only for replica reads must not go back read-only (RESET=rollback)."""
     expected = ResetPlan(invalidate=False, rollback=status != IDLE, discard=True)
     assert reset_plan(status, reset, dirty, tainted=True) == expected
+
+
+@pytest.mark.parametrize("reset", ["auto", "always", "rollback"])
+@pytest.mark.parametrize("status", [IDLE, *OPEN])
+def test_changed_driver_characteristics_are_restored_and_discarded_whatever_the_mode(status, reset):
+    """``set_session()`` on the raw connection: put back and the session discarded, even under "rollback"."""
+    plan = reset_plan(status, reset, dirty=False, characteristics_changed=True)
+    assert plan.restore_characteristics and plan.discard
+    assert plan.rollback == (status != IDLE)
+    assert not reset_plan(status, reset, dirty=True).restore_characteristics

@@ -83,6 +83,7 @@ def test_requirements_in_words():
         "RECYCLE": "an integer >= -1 or None",
         "PRE_PING": "True or False",
         "RESET": "one of 'auto', 'always', 'rollback'",
+        "RELEASE": "one of 'transaction', 'request'",
         "LIFO": "True or False",
         "LEAK_WARNING": "a number >= 0 or None",
     }
@@ -166,9 +167,9 @@ def test_pool_options_take_every_key():
     options = PoolOptions.from_settings(
         "x",
         {"SIZE": 3, "MAX_OVERFLOW": 0, "TIMEOUT": 2, "RECYCLE": 60, "PRE_PING": True, "RESET": "rollback",
-         "LIFO": False, "LEAK_WARNING": 30},
+         "RELEASE": "request", "LIFO": False, "LEAK_WARNING": 30},
     )  # fmt: skip
-    assert options == PoolOptions(3, 0, 2.0, 60, True, "rollback", False, 30.0)
+    assert options == PoolOptions(3, 0, 2.0, 60, True, "rollback", "request", False, 30.0)
     assert type(options.timeout) is float and type(options.leak_warning) is float
 
 
