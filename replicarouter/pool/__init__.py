@@ -4,14 +4,15 @@ Design:
 
 - **Lifecycle.** Django's wrapper borrows a raw psycopg2 connection for a unit of work and gives it
   back after it (``RELEASE = "transaction"``, see ``backends/postgresql/units.py``), or when Django
-  closes it (``"request"``), so a thread holds a server connection only while it works. A returned connection is rolled back if a transaction is open and, when
-  the borrower may have changed session state (``SET``, temporary tables, prepared statements, advisory
-  locks, ``LISTEN``…), reset with ``DISCARD ALL``; a connection that is broken or fails its reset is
-  invalidated (closed), never returned. ``RESET = "always"`` discards on every return, ``"rollback"``
-  never does; driver session characteristics changed with ``set_session()`` are put back whatever the
-  mode. The pool entry's ``info`` remembers what a Django wrapper prepared the connection for
-  (``PREPARED_KEY``), forgotten when a reset clears the session. ``reset_plan`` decides which of these a returned connection needs (pure, unit-tested);
-  ``ConnectionPool._reset`` carries it out.
+  closes it (``"request"``), so a thread holds a server connection only while it works. A returned
+  connection is rolled back if a transaction is open and, when the borrower may have changed session
+  state (``SET``, temporary tables, prepared statements, advisory locks, ``LISTEN``…), reset with
+  ``DISCARD ALL``; a connection that is broken or fails its reset is invalidated (closed), never
+  returned. ``RESET = "always"`` discards on every return, ``"rollback"`` never does; driver session
+  characteristics changed with ``set_session()`` are put back whatever the mode. The pool entry's
+  ``info`` remembers what a Django wrapper prepared the connection for (``PREPARED_KEY``), forgotten
+  when a reset clears the session. ``reset_plan`` decides which of these a returned connection needs
+  (pure, unit-tested); ``ConnectionPool._reset`` carries it out.
 - **Liveness.** On checkout, the idle connection's socket is polled without waiting: a server that
   terminated the backend (``pg_terminate_backend``, restart, idle timeout) has left it readable, and such
   a connection is replaced before Django sees it (about 2 µs; ``PRE_PING`` adds a real ``SELECT 1``).
