@@ -554,3 +554,20 @@ def test_a_set_in_a_connection_created_receiver_pins_that_connection(replica_clu
     finally:
         connection_created.disconnect(configure)
         wrapper.close()
+
+
+def test_a_new_server_connection_lent_to_a_parked_wrapper_is_prepared_by_django(replica_cluster):
+    """Isolation level, jsonb loads and time zone, as Django's connect() prepares a new connection."""
+    wrapper = _wrapper(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE)
+    wrapper.settings_dict["TIME_ZONE"] = "Asia/Tokyo"  # not the server's: Django sets it on the session
+    first = _scalar(wrapper, "SELECT pg_backend_pid()")  # connect(): Django prepares this one itself
+    pools.registry.dispose(wrapper.alias)  # the next borrow opens a new server connection
+    assert wrapper.parked
+    assert _scalar(wrapper, """SELECT '{"a": 1}'::jsonb""") == '{"a": 1}'  # Django's jsonb loads
+    assert _scalar(wrapper, "SELECT pg_backend_pid()") != first
+    assert _scalar(wrapper, "SHOW TimeZone") == wrapper.timezone_name == "Asia/Tokyo"
+    wrapper.set_autocommit(False)
+    assert _scalar(wrapper, "SHOW transaction_isolation") == "serializable"
+    wrapper.rollback()
+    wrapper.set_autocommit(True)
+    wrapper.close()

@@ -203,7 +203,10 @@ class DatabaseWrapper(UnitOfWorkWrapper):
             borrowed.dirty = True  # server-side cursors WITH HOLD may stay open on the session
         # closed inside atomic(), Django keeps referring to this connection until the block ends: it
         # must not go back to the pool where another thread could get it, so it is closed for good
-        borrowed.pool.checkin(borrowed, reusable=not self.in_atomic_block)
+        reusable = not self.in_atomic_block
+        if reusable:
+            self._raw = None  # back in the pool: never reachable through this wrapper again
+        borrowed.pool.checkin(borrowed, reusable=reusable)
         return None
 
     # -- statements -------------------------------------------------------------------------------------

@@ -249,8 +249,11 @@ class UnitOfWorkWrapper(django_base.DatabaseWrapper):
             super()._rollback()
 
     def is_usable(self) -> bool:
-        # a parked wrapper's next connection is checked on checkout (stale socket test, PRE_PING)
-        return True if self._raw is None else bool(super().is_usable())
+        # a parked wrapper's next connection is checked on checkout (stale socket test, PRE_PING); a
+        # closed one has none
+        if self._raw is None:
+            return self._parked
+        return bool(super().is_usable())
 
     def close_if_health_check_failed(self) -> None:
         if self._raw is not None:
