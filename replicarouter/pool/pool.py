@@ -42,6 +42,8 @@ class PoolCounters:
     invalidations: int = 0
     discards: int = 0
     stale_on_checkout: int = 0
+    #: connections a Django wrapper kept until its close() (session state, ``RELEASE = "transaction"``)
+    pins: int = 0
 
 
 @dataclass

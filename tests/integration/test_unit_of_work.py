@@ -417,6 +417,7 @@ def test_session_state_pins_then_the_next_borrower_sees_a_fresh_session(
     with wrapper.cursor() as cursor:
         cursor.execute(statement)
     assert wrapper.borrowed is not None and wrapper.pinned  # the session's own next statement sees it
+    assert pools.registry.stats(wrapper.alias)["pins"] == 1
     changed = _scalar(wrapper, probe)
     assert changed != fresh
     wrapper.close()

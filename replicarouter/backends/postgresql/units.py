@@ -33,7 +33,6 @@ from typing import Any
 from django.db.backends.postgresql import base as django_base
 
 from replicarouter import pool as pools
-from replicarouter.observability import stats
 
 from .holding import Hold, hold
 
@@ -114,8 +113,10 @@ class UnitOfWorkWrapper(django_base.DatabaseWrapper):
 
     def pin(self, reason: str) -> None:
         """Keep the held connection until ``close()`` (its session has state only this wrapper knows)."""
-        if self._raw is not None and not self._pinned:
+        borrowed = self._borrowed
+        if self._raw is not None and not self._pinned and borrowed is not None:
             self._pinned = reason
+            borrowed.pool.counters.pins += 1
             logger.debug("%s: connection pinned until close(): %s", self.alias, reason)
 
     def mark_dirty(self) -> None:
@@ -179,7 +180,6 @@ class UnitOfWorkWrapper(django_base.DatabaseWrapper):
             self._borrowed = None
             borrowed.pool.checkin(borrowed, reusable=False)
             raise
-        stats.incr("pool_attaches", self.alias)
 
     def maybe_release(self) -> None:
         """Give the connection back to the pool when no unit of work needs it (see ``holding``)."""
