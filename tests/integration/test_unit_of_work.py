@@ -572,3 +572,17 @@ def test_a_new_server_connection_lent_to_a_parked_wrapper_is_prepared_by_django(
     wrapper.rollback()
     wrapper.set_autocommit(True)
     wrapper.close()
+
+
+def test_close_with_a_server_side_cursor_open_discards_it_for_the_next_borrower(replica_cluster):
+    """A WITH HOLD cursor left open at close() (an iterator abandoned mid-way) must not reach the next one."""
+    wrapper = _wrapper()
+    cursor = wrapper.chunked_cursor()
+    cursor.execute("SELECT generate_series(1, 100)")
+    assert cursor.fetchmany(5) == [(i,) for i in range(1, 6)]
+    pid = wrapper.connection.info.backend_pid
+    wrapper.close()  # the cursor is still open on the session
+    nxt = _twin(wrapper)
+    assert _scalar(nxt, "SELECT pg_backend_pid()") == pid
+    assert _scalar(nxt, "SELECT count(*) FROM pg_cursors") == 0
+    nxt.close()
