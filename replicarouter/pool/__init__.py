@@ -13,6 +13,9 @@ Design:
   ``info`` remembers what a Django wrapper prepared the connection for (``PREPARED_KEY``), forgotten
   when a reset clears the session. ``reset_plan`` decides which of these a returned connection needs
   (pure, unit-tested); ``ConnectionPool._reset`` carries it out.
+- **Fairness.** Beyond ``SIZE + MAX_OVERFLOW`` lent, borrowers wait in a first-come, first-served
+  queue (``gate.Gate``), so threads that give a connection back and ask again at once cannot starve
+  the others; connections that would be idle beyond ``SIZE`` are closed when they come back.
 - **Liveness.** On checkout, the idle connection's socket is polled without waiting: a server that
   terminated the backend (``pg_terminate_backend``, restart, idle timeout) has left it readable, and such
   a connection is replaced before Django sees it (about 2 µs; ``PRE_PING`` adds a real ``SELECT 1``).

@@ -10,7 +10,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -19,6 +19,7 @@ from sqlalchemy.pool import QueuePool
 from replicarouter import runtime
 from replicarouter.exceptions import PoolExhausted
 
+from .gate import Gate
 from .options import PoolOptions
 from .reset import reset_plan
 
@@ -90,10 +91,15 @@ class ConnectionPool:
         self._leases: dict[int, _Lease] = {}
         self._records: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
+        limited = options.max_overflow >= 0
+        #: server connections open now (idle or lent)
+        self._open = 0
         self._pool = QueuePool(
             creator,
-            pool_size=options.size,
-            max_overflow=options.max_overflow,
+            # with a limit, the gate enforces it and checkin() closes what is beyond SIZE: QueuePool's
+            # own overflow would close connections that a waiter just handed a slot is about to take
+            pool_size=options.size + options.max_overflow if limited else options.size,
+            max_overflow=0 if limited else options.max_overflow,
             timeout=options.timeout,
             recycle=options.recycle,
             use_lifo=options.lifo,
@@ -102,12 +108,27 @@ class ConnectionPool:
         )
         event.listen(self._pool, "connect", self._on_connect)
         event.listen(self._pool, "checkout", self._on_checkout)
+        #: first come, first served beyond the limit (None: unlimited overflow, nobody waits)
+        self._gate = Gate(options.size + options.max_overflow) if limited else None
+        event.listen(self._pool, "close", self._on_close)
+        if self._gate is not None:
+            # SQLAlchemy sends it exactly once per checkout, however the connection comes back
+            # (closed, invalidated, or garbage-collected unreturned): a slot is never lost
+            event.listen(self._pool, "checkin", self._on_checkin)
 
     # -- events -----------------------------------------------------------------------------------------
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         self.counters.connects += 1
+        self._open += 1
         self._records.add(record)
+
+    def _on_close(self, dbapi_connection: Any, record: Any) -> None:
+        self._open -= 1
+
+    def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
+        assert self._gate is not None
+        self._gate.release()
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         # raising DisconnectionError makes QueuePool invalidate this connection and hand out another
@@ -133,23 +154,27 @@ class ConnectionPool:
 
     def checkout(self) -> Borrowed:
         """Lend a connection; raise PoolExhausted after ``TIMEOUT`` seconds without one."""
-        limit = self.options.size + self.options.max_overflow
-        if (
-            self.options.max_overflow >= 0
-            and self._pool.checkedin() == 0
-            and self._pool.checkedout() >= limit
-        ):
-            self.counters.waits += 1
         if self.options.leak_warning is not None:
             self._warn_long_leases()
         started = time.monotonic()
+        gate = self._gate
+        if gate is not None:
+            waited = gate.acquire(self.options.timeout)
+            if waited is None:
+                self.counters.waits += 1
+                self._exhausted(started)
+            if waited:
+                self.counters.waits += 1
         try:
             fairy = self._pool.connect()
         except sa_exc.TimeoutError:
-            self.counters.timeouts += 1
-            raise PoolExhausted(
-                self.alias, self.options.size, self.options.max_overflow, time.monotonic() - started
-            ) from None
+            if gate is not None:
+                gate.release()
+            self._exhausted(started)
+        except BaseException:
+            if gate is not None:
+                gate.release()  # no connection was lent: SQLAlchemy sends no checkin for it
+            raise
         self.counters.checkouts += 1
         borrowed = Borrowed(self, fairy)
         if self.options.leak_warning is not None:
@@ -157,6 +182,12 @@ class ConnectionPool:
             with self._lock:
                 self._leases[id(borrowed)] = borrowed.lease
         return borrowed
+
+    def _exhausted(self, started: float) -> NoReturn:
+        self.counters.timeouts += 1
+        raise PoolExhausted(
+            self.alias, self.options.size, self.options.max_overflow, time.monotonic() - started
+        ) from None
 
     def checkin(self, borrowed: Borrowed, *, reusable: bool = True) -> None:
         """Take a connection back: reset it and return it to the pool, or close it if it is not sound."""
@@ -173,11 +204,24 @@ class ConnectionPool:
         fairy = borrowed.fairy
         if fairy.dbapi_connection is None:  # already invalidated
             return
+        if reusable and not self.disposed and self._beyond_size():
+            fairy.invalidate()  # an overflow connection: closed on return, as QueuePool closes its own
+            return
         if reusable and not self.disposed and self._reset(borrowed):
             fairy.close()
         else:
             self.counters.invalidations += 1
             fairy.invalidate()
+
+    def _beyond_size(self) -> bool:
+        """Return whether a connection coming back would be idle beyond ``SIZE`` (an overflow one)."""
+        gate = self._gate
+        if gate is None or self.options.max_overflow == 0:
+            return False
+        lent = self._pool.checkedout()  # the returning one included
+        # slots handed to borrowers that have not taken their connection yet: keep one idle for each
+        pending = self.options.size + self.options.max_overflow - gate.free - lent
+        return self._open - lent + 1 - max(pending, 0) > self.options.size
 
     def _reset(self, borrowed: Borrowed) -> bool:
         """Make a returned connection clean for its next borrower; return False if it cannot be."""

@@ -586,3 +586,61 @@ def test_close_with_a_server_side_cursor_open_discards_it_for_the_next_borrower(
     assert _scalar(nxt, "SELECT pg_backend_pid()") == pid
     assert _scalar(nxt, "SELECT count(*) FROM pg_cursors") == 0
     nxt.close()
+
+
+def test_threads_borrowing_in_a_tight_loop_are_all_served_in_turn(replica_cluster):
+    """24 threads that never close, each running 40 statements back to back, over a pool of 4.
+
+    A thread that gives its connection back and asks again at once must not take it before the threads
+    already waiting (SQLAlchemy's queue alone lets it: most threads then starve until TIMEOUT).
+    """
+    alias = f"uow_{uuid.uuid4().hex[:8]}"
+    settings = dict(connections["default"].settings_dict)
+    settings["POOL"] = {"SIZE": 4, "MAX_OVERFLOW": 0, "TIMEOUT": 3.0}
+    settings["OPTIONS"] = {**settings.get("OPTIONS", {}), "application_name": alias}
+    errors: list[str] = []
+    served: dict[str, int] = {}
+    start = threading.Barrier(24)
+
+    def work() -> None:
+        wrapper = DatabaseWrapper(settings, alias=alias)
+        name = threading.current_thread().name
+        start.wait()
+        try:
+            for _ in range(40):
+                _scalar(wrapper, "SELECT 1")
+                served[name] = served.get(name, 0) + 1
+        except Exception as exc:
+            errors.append(repr(exc))
+        finally:
+            wrapper.close()
+
+    threads = [threading.Thread(target=work, name=f"loop-{i}") for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors[:3]
+    assert len(served) == 24 and set(served.values()) == {40}
+    stats = pools.registry.stats(alias)
+    assert stats["checked_out"] == 0 and stats["connects"] <= 4
+    assert stats["waits"] > 0  # they did queue for the four connections
+
+
+def test_overflow_connections_are_closed_when_they_come_back(replica_cluster):
+    """SIZE 1 + MAX_OVERFLOW 2: three held at once, then one stays open (idle) and two are closed."""
+    first = _wrapper({"SIZE": 1, "MAX_OVERFLOW": 2})
+    others = [_twin(first), _twin(first)]
+    wrappers = [first, *others]
+    for wrapper in wrappers:  # each holds its connection inside an open transaction
+        wrapper.set_autocommit(False)
+        _scalar(wrapper, "SELECT 1")
+    assert pools.registry.stats(first.alias)["checked_out"] == 3
+    for wrapper in wrappers:
+        wrapper.rollback()
+        wrapper.set_autocommit(True)  # the unit of work ends: given back
+    stats = pools.registry.stats(first.alias)
+    assert stats["checked_out"] == 0 and stats["idle"] == 1 and stats["invalidations"] == 0
+    assert stats["connects"] == 3
+    for wrapper in wrappers:
+        wrapper.close()
