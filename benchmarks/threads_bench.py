@@ -436,12 +436,12 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="short runs (1.5 s per variant) to check it works"
     )
-    parser.add_argument("--duration", type=float, help="seconds measured per variant and unit (default 6)")
+    parser.add_argument("--duration", type=float, help="seconds measured per variant and unit (default 5)")
     parser.add_argument("--warmup", type=float, help="seconds of unmeasured work first (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds the duration is split in")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args()
-    seconds = args.duration or (1.5 if args.quick else 6.0)
+    seconds = args.duration or (1.5 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     rounds = max(1, args.rounds)
 
