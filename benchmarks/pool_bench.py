@@ -14,7 +14,11 @@ counts, every 50 ms, the primary's client backends with that variant's ``applica
   (a) Django postgresql + psycopg2, CONN_MAX_AGE=0 (one server connection per request)
   (b) the same, CONN_MAX_AGE=None (one persistent connection per thread)
   (c) Django postgresql + psycopg 3 with Django's own pool (min 8, max 16)
-  (d) replicarouter.backends.postgresql, primary only, POOL SIZE 8 + MAX_OVERFLOW 8
+  (d) replicarouter.backends.postgresql, primary only, POOL SIZE 8 + MAX_OVERFLOW 8, RELEASE "transaction"
+      (the default: the connection goes back to the pool after each unit of work, here each statement
+      of the read view and the atomic block of the mixed view)
+  (d2) the same with RELEASE "request" (held from the first query until Django closes the connection at
+      the end of the request, as in 0.1)
   (e) replicarouter with two replicas: the same pools on primary and replicas, reads routed by
       ReplicaRouter (peak connections count the primary only: that is the load replicas take off it)
 
@@ -70,9 +74,12 @@ VARIANTS: dict[str, str] = {
     "a": "(a) psycopg2, CONN_MAX_AGE=0",
     "b": "(b) psycopg2, CONN_MAX_AGE=None",
     "c": "(c) psycopg 3 + Django pool 8..16",
-    "d": "(d) replicarouter POOL 8+8",
+    "d": "(d) replicarouter 8+8, transaction",
+    "d2": "(d2) replicarouter 8+8, request",
     "e": "(e) replicarouter + 2 replicas",
 }
+#: the variants on our backend, and the POOL["RELEASE"] each uses
+RELEASE = {"d": "transaction", "d2": "request", "e": "transaction"}
 
 CLIENT_BACKENDS_SQL = (
     "SELECT count(*) FROM pg_stat_activity "
@@ -86,7 +93,7 @@ class Group:
     """Variants measured side by side: one view, TLS or not, ``threads`` gunicorn threads = wrk clients."""
 
     view: str
-    variants: str
+    variants: tuple[str, ...]
     tls: bool = False
     threads: int = THREADS
 
@@ -99,10 +106,10 @@ class Group:
 
 def plan() -> list[Group]:
     return [
-        Group("read", "abcde"),
-        Group("mixed", "abcde"),
-        Group("read", "abcd", tls=True),
-        Group("read", "bd", threads=MANY),
+        Group("read", ("a", "b", "c", "d", "d2", "e")),
+        Group("mixed", ("a", "b", "c", "d", "d2", "e")),
+        Group("read", ("a", "b", "c", "d"), tls=True),
+        Group("read", ("b", "d"), threads=MANY),
     ]
 
 
@@ -175,8 +182,9 @@ def database_settings(node: Any, variant: str, tls: bool) -> dict[str, Any]:
     elif variant == "c":
         options["pool"] = {"min_size": 8, "max_size": 16}
         entry = node.settings(django_engine, CONN_MAX_AGE=0, OPTIONS=options)
-    elif variant in ("d", "e"):
-        pooled = {"CONN_MAX_AGE": 0, "OPTIONS": options, "POOL": {"SIZE": 8, "MAX_OVERFLOW": 8}}
+    elif variant in RELEASE:
+        pool = {"SIZE": 8, "MAX_OVERFLOW": 8, "RELEASE": RELEASE[variant]}
+        pooled = {"CONN_MAX_AGE": 0, "OPTIONS": options, "POOL": pool}
         entry = node.settings("replicarouter.backends.postgresql", **pooled)
         if variant == "e":  # the same pool on each replica, reads routed by ReplicaRouter
             replicas = {
@@ -330,12 +338,12 @@ def wrk(port: int, view: str, clients: int, seconds: float) -> dict[str, Any]:
 
 
 class ConnectionSampler(threading.Thread):
-    """Count one variant's client backends on the primary every ``interval`` seconds."""
+    """Count the client backends with one ``application_name`` on ``node`` every ``interval`` seconds."""
 
-    def __init__(self, node: Any, variant: str, interval: float = SAMPLE_INTERVAL) -> None:
+    def __init__(self, node: Any, application: str, interval: float = SAMPLE_INTERVAL) -> None:
         super().__init__(daemon=True)
         self.node = node
-        self.variant = variant
+        self.application = application
         self.interval = interval
         self.samples: list[int] = []
         self._done = threading.Event()
@@ -345,7 +353,7 @@ class ConnectionSampler(threading.Thread):
         try:
             with self._conn.cursor() as cursor:
                 while not self._done.is_set():
-                    cursor.execute(VARIANT_BACKENDS_SQL, (self.node.dbname, application_name(self.variant)))
+                    cursor.execute(VARIANT_BACKENDS_SQL, (self.node.dbname, self.application))
                     self.samples.append(int(cursor.fetchone()[0]))
                     self._done.wait(self.interval)
         finally:
@@ -369,7 +377,7 @@ def wait_no_clients(node: Any, timeout: float = 20.0) -> None:
 
 
 def expected_engine(variant: str) -> str:
-    return "replicarouter.backends.postgresql" if variant in "de" else "django.db.backends.postgresql"
+    return "replicarouter.backends.postgresql" if variant in RELEASE else "django.db.backends.postgresql"
 
 
 def measure_group(
@@ -390,8 +398,9 @@ def measure_group(
         info = {}
         for variant, server in started.items():
             info[variant] = wait_ready(server)
-            reported = (info[variant]["engine"], info[variant]["driver"], info[variant]["ssl"])
-            if reported != (expected_engine(variant), driver(variant), group.tls):
+            said = info[variant]
+            reported = (said["engine"], said["driver"], said["ssl"], said.get("release"))
+            if reported != (expected_engine(variant), driver(variant), group.tls, RELEASE.get(variant)):
                 raise RuntimeError(f"variant {variant} is misconfigured, its server reports {info[variant]}")
         for server in started.values():
             wrk(server.port, group.view, group.threads, warmup)
@@ -400,7 +409,7 @@ def measure_group(
         for round_ in range(rounds):
             order = group.variants if round_ % 2 == 0 else group.variants[::-1]
             for variant in order:
-                sampler = ConnectionSampler(node, variant)
+                sampler = ConnectionSampler(node, application_name(variant))
                 sampler.start()
                 try:
                     result = wrk(started[variant].port, group.view, group.threads, segment)
@@ -432,7 +441,8 @@ def measure_group(
             "rps_spread_pct": round((max(rps) - min(rps)) / mean_rps * 100, 1) if mean_rps else None,
             "rounds": results,
             "server": {
-                k: info[variant][k] for k in ("engine", "driver", "driver_version", "ssl", "vendor_pool")
+                k: info[variant].get(k)
+                for k in ("engine", "driver", "driver_version", "ssl", "vendor_pool", "release")
             },
             "pool_stats_after": after[variant].get("pool_stats"),
         }
@@ -458,7 +468,9 @@ UPDATE_SQL = 'UPDATE "bench_item" SET "value" = ("bench_item"."value" + %s) WHER
 
 def micro_benchmark(node: Any, iterations: int, rounds: int = 3) -> dict[str, Any]:
     """In-process costs of our backend, in µs: checkout + return (through Django's wrapper, and on the pool
-    itself), and what its cursor adds to each statement compared with Django's own backend."""
+    itself), what its cursor adds to each statement compared with Django's own backend in either
+    ``RELEASE`` mode, the borrow + return a statement pays with ``RELEASE = "transaction"``, and what an
+    unconditional reset (``DISCARD ALL``) would cost against the classifier that decides when to reset."""
     import django
     import psycopg2.extensions
     from django.conf import settings
@@ -469,13 +481,31 @@ def micro_benchmark(node: Any, iterations: int, rounds: int = 3) -> dict[str, An
         def execute(self, query: Any, vars: Any = None) -> None:
             return None
 
+    def noop_cursor(entry: dict[str, Any]) -> dict[str, Any]:
+        return {**entry, "OPTIONS": {**entry["OPTIONS"], "cursor_factory": NoopCursor}}
+
     ours = database_settings(node, "d", tls=False)["default"]
+    ours_request = database_settings(node, "d2", tls=False)["default"]
     stock = database_settings(node, "b", tls=False)["default"]
+    databases = {
+        "default": ours,
+        "ours_noop": noop_cursor(ours),
+        "ours_noop_request": noop_cursor(ours_request),
+        "stock_noop": noop_cursor(stock),
+        # with I/O: a real SELECT per statement, the connection reset on return only when dirty or always
+        "stock_io": stock,
+        "ours_io": ours,
+        "ours_io_always": {**ours, "POOL": {**ours["POOL"], "RESET": "always"}},
+    }
     settings.configure(
-        DATABASES={
-            "default": ours,
-            "ours_noop": {**ours, "OPTIONS": {**ours["OPTIONS"], "cursor_factory": NoopCursor}},
-            "stock_noop": {**stock, "OPTIONS": {**stock["OPTIONS"], "cursor_factory": NoopCursor}},
+        DATABASES=databases,
+        # each of our aliases the primary of a cluster of its own, as (d) is: borrows go to the writer
+        REPLICAROUTER={
+            "CLUSTERS": {
+                alias: {"PRIMARY": alias}
+                for alias, entry in databases.items()
+                if entry["ENGINE"] == "replicarouter.backends.postgresql"
+            }
         },
         USE_TZ=True,
         TIME_ZONE="UTC",
@@ -484,24 +514,27 @@ def micro_benchmark(node: Any, iterations: int, rounds: int = 3) -> dict[str, An
     django.setup()
     from django.db import connections
 
+    from replicarouter import pool as pools
+    from replicarouter.routing import statements
+
     wrapper = connections["default"]
 
     def noop() -> None:
         return None
 
-    def timed(first: Callable[[], None], second: Callable[[], None]) -> float:
+    def timed(first: Callable[[], None], second: Callable[[], None], count: int = iterations) -> float:
         """Return the best round's µs per ``first(); second()``, minus nothing (see ``baseline``)."""
-        for _ in range(min(1000, iterations)):  # warm up: the pool's connection, caches
+        for _ in range(min(1000, count)):  # warm up: the pool's connection, caches
             first()
             second()
         best = float("inf")
         for _ in range(rounds):
             started = time.perf_counter()
-            for _ in range(iterations):
+            for _ in range(count):
                 first()
                 second()
             best = min(best, time.perf_counter() - started)
-        return best / iterations * 1e6
+        return best / count * 1e6
 
     baseline = timed(noop, noop)
     wrapper_us = timed(wrapper.ensure_connection, wrapper.close) - baseline
@@ -517,28 +550,80 @@ def micro_benchmark(node: Any, iterations: int, rounds: int = 3) -> dict[str, An
     pool_us = timed(checkout, checkin) - baseline
     stats = pool.stats()
 
-    def statement_us(alias: str, sql: str, params: list[int]) -> float:
+    def statement(alias: str, sql: str, params: list[int], fetch: bool = False) -> Callable[[], None]:
         connection = connections[alias]
         connection.ensure_connection()
 
         def execute() -> None:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
+                if fetch:
+                    cursor.fetchall()
 
-        return timed(execute, noop) - baseline
+        return execute
+
+    def checkouts(alias: str) -> int:
+        return pools.registry.stats(alias)["checkouts"]
 
     per_statement = {}
     for name, sql, params in (("select", SELECT_SQL, [1]), ("update", UPDATE_SQL, [1, 1])):
-        stock_us = statement_us("stock_noop", sql, params)
-        ours_us = statement_us("ours_noop", sql, params)
+        stock_us = timed(statement("stock_noop", sql, params), noop) - baseline
+        before = checkouts("ours_noop")
+        ours_us = timed(statement("ours_noop", sql, params), noop) - baseline
+        borrowed_per_statement = (checkouts("ours_noop") - before) / (
+            min(1000, iterations) + rounds * iterations
+        )
+        request_us = timed(statement("ours_noop_request", sql, params), noop) - baseline
+        if borrowed_per_statement < 0.9:  # the transaction row must borrow once per statement
+            raise RuntimeError(f"RELEASE=transaction borrowed {borrowed_per_statement:.2f} times per {name}")
         per_statement[name] = {
             "django_backend_us": round(stock_us, 2),
             "replicarouter_backend_us": round(ours_us, 2),
             "overhead_us": round(ours_us - stock_us, 2),
+            "replicarouter_request_us": round(request_us, 2),
+            "overhead_request_us": round(request_us - stock_us, 2),
         }
+
+    # the borrow + return alone: a parked wrapper attaches (checkout, no re-preparation) and releases
+    parked = connections["ours_noop"]
+    statement("ours_noop", SELECT_SQL, [1])()
+    if not parked.parked:
+        raise RuntimeError("the RELEASE=transaction wrapper is not parked after a statement")
+    attach_us = timed(parked.ensure_connection, parked.maybe_release) - baseline
+
+    # detection against an unconditional reset: the classifier's cache hit, DISCARD ALL, a SELECT
+    def classify() -> None:
+        statements.classify(SELECT_SQL)
+
+    classify_us = timed(classify, noop) - baseline
+    io_count = max(200, iterations // 10)
+    raw = node.connect(sslmode="disable")
+    try:
+        with raw.cursor() as cursor:
+
+            def select() -> None:
+                cursor.execute(SELECT_SQL, [1])
+                cursor.fetchall()
+
+            select_us = timed(select, noop, io_count) - baseline
+
+            def discard() -> None:
+                cursor.execute("DISCARD ALL")
+
+            discard_us = timed(discard, noop, io_count) - baseline
+    finally:
+        raw.close()
+    with_io = {
+        alias: timed(statement(alias, SELECT_SQL, [1], fetch=True), noop, io_count) - baseline
+        for alias in ("stock_io", "ours_io", "ours_io_always")
+    }
+    discards = {alias: pools.registry.stats(alias)["discards"] for alias in ("ours_io", "ours_io_always")}
+    if discards["ours_io"] or discards["ours_io_always"] < io_count:
+        raise RuntimeError(f"RESET auto/always discarded {discards}: the rows do not measure what they say")
     connections.close_all()
     return {
         "iterations": iterations,
+        "io_iterations": io_count,
         "rounds": rounds,
         "statistic": "best round, minus an empty loop",
         "baseline_loop_us": round(baseline, 3),
@@ -546,6 +631,18 @@ def micro_benchmark(node: Any, iterations: int, rounds: int = 3) -> dict[str, An
         "pool_checkout_checkin_us": round(pool_us, 2),
         "pool_stats": stats,
         "statement_without_io": per_statement,
+        "borrow_return_parked_us": round(attach_us, 2),
+        "reset": {
+            "classify_cache_hit_us": round(classify_us, 3),
+            "discard_all_round_trip_us": round(discard_us, 1),
+            "select_round_trip_us": round(select_us, 1),
+        },
+        "statement_with_io": {
+            "django_backend_us": round(with_io["stock_io"], 1),
+            "replicarouter_reset_auto_us": round(with_io["ours_io"], 1),
+            "replicarouter_reset_always_us": round(with_io["ours_io_always"], 1),
+            "discards": discards,
+        },
     }
 
 
@@ -631,6 +728,16 @@ def summary(rows: list[dict[str, Any]], micro: dict[str, Any] | None) -> tuple[l
             key = f"({num})/({den}) {view}{' TLS' if group == 'TLS' else ''}"
             passed = value is not None and value >= target
             line(key, value, f">= {target:.2f}", passed, spread_pct(rows, (num, den), view, group))
+    for view in ("read", "mixed"):
+        value = ratio(rows, "d2", "b", view, "plain")
+        passed = value is not None and value >= 0.95
+        line(f"(d2)/(b) {view}", value, ">= 0.95", passed, spread_pct(rows, ("d2", "b"), view, "plain"))
+    for view in ("read", "mixed"):
+        line(
+            f"(d)/(d2) {view}",
+            ratio(rows, "d", "d2", view, "plain"),
+            noise=spread_pct(rows, ("d", "d2"), view, "plain"),
+        )
     for group in ("plain", "TLS"):
         line(
             f"(d)/(a) read{' TLS' if group == 'TLS' else ''}",
@@ -662,10 +769,26 @@ def summary(rows: list[dict[str, Any]], micro: dict[str, Any] | None) -> tuple[l
             value = micro[key]
             verdict = "meets" if value <= 15 else "MISSES"
             lines.append(f"micro: {text}: {value:5.1f} µs per request ({verdict} target <= 15 µs)")
-        select, update = (micro["statement_without_io"][k]["overhead_us"] for k in ("select", "update"))
+        stmt = micro["statement_without_io"]
+        for mode, key in (("transaction", "overhead_us"), ("request", "overhead_request_us")):
+            lines.append(
+                f"micro: added per statement vs Django's backend (no I/O), RELEASE={mode:<11}: "
+                f"SELECT {stmt['select'][key]:.1f} µs, UPDATE {stmt['update'][key]:.1f} µs"
+            )
         lines.append(
-            "micro: added per statement by our cursor vs Django's backend (no I/O): "
-            f"SELECT {select:.1f} µs, UPDATE {update:.1f} µs"
+            "micro: borrow + return per statement (a parked wrapper attaches and releases): "
+            f"{micro['borrow_return_parked_us']:.1f} µs"
+        )
+        reset, io = micro["reset"], micro["statement_with_io"]
+        lines.append(
+            f"micro: deciding to reset (classifier, cache hit): {reset['classify_cache_hit_us']:.2f} µs; "
+            f"DISCARD ALL round trip: {reset['discard_all_round_trip_us']:.0f} µs "
+            f"(an indexed SELECT: {reset['select_round_trip_us']:.0f} µs)"
+        )
+        lines.append(
+            f"micro: one indexed SELECT with I/O: Django {io['django_backend_us']:.0f} µs, ours (RESET auto) "
+            f"{io['replicarouter_reset_auto_us']:.0f} µs, ours (RESET always, i.e. unconditional) "
+            f"{io['replicarouter_reset_always_us']:.0f} µs"
         )
     return lines, data
 

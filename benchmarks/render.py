@@ -245,14 +245,10 @@ def pool_bench(data: Mapping[str, Any]) -> Section:
         for r in many
     ]
     micro = data.get("micro") or {}
-    stmt = micro.get("statement_without_io", {})
     micro_rows = [
         ("`DatabaseWrapper.ensure_connection()` + `close()`", f1(micro[WRAPPER_US])),
         ("`ConnectionPool.checkout()` + `checkin()`", f1(micro["pool_checkout_checkin_us"])),
-    ] + [
-        (f"added per {kind.upper()} by our cursor (no I/O)", f1(stmt[kind]["overhead_us"]))
-        for kind in ("select", "update")
-        if kind in stmt
+        *pool_micro_rows(micro),
     ]
     many_part = (
         "With many clients, the pool bounds the server connections:\n\n"
@@ -283,8 +279,9 @@ def pool_bench(data: Mapping[str, Any]) -> Section:
     text = f"""## Connection pooling
 
 `pool_bench` puts the same tiny Django view behind gunicorn (one gthread worker) and drives it with `wrk`:
-(a)–(c) are Django's own ways to connect, (d) is `replicarouter.backends.postgresql` on the primary only,
-(e) adds two replicas and the router. "vs (b)" is requests/s relative to Django's persistent connections
+(a)–(c) are Django's own ways to connect, (d) is `replicarouter.backends.postgresql` on the primary only
+(where a variant (d2) is shown: (d) with `RELEASE = "transaction"`, (d2) with `"request"`), (e) adds two
+replicas and the router. "vs (b)" is requests/s relative to Django's persistent connections
 in the same set; peak connections are the primary's client backends; "round spread" is how much req/s
 varied between the rounds (differences smaller than that are noise). How it works and what to read into
 it: [benchmarks.md](benchmarks.md#connection-pooling-pool_bench).
@@ -319,6 +316,150 @@ Micro-benchmark (in-process, {micro.get("statistic", "")}; µs per operation):
             conn_bars,
         )
     return Section(10, text, charts)
+
+
+def pool_micro_rows(micro: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Return the micro-benchmark's per-statement rows (results before RELEASE had one mode only)."""
+    stmt = micro.get("statement_without_io", {})
+    kinds = [kind for kind in ("select", "update") if kind in stmt]
+    if not any("overhead_request_us" in stmt[kind] for kind in kinds):
+        return [
+            (f"added per {kind.upper()} by our cursor (no I/O)", f1(stmt[kind]["overhead_us"]))
+            for kind in kinds
+        ]
+    rows: list[tuple[str, str]] = []
+    for kind in kinds:
+        rows += [
+            (f"one {kind.upper()} without I/O through Django's backend", f1(stmt[kind]["django_backend_us"])),
+            *(
+                (f"added to it by ours, `RELEASE` {mode}", f1(stmt[kind][key]))
+                for mode, key in (("transaction", "overhead_us"), ("request", "overhead_request_us"))
+            ),
+        ]
+    if "borrow_return_parked_us" in micro:
+        rows.append(
+            (
+                "borrow + return per statement (a parked wrapper attaches, then releases)",
+                f1(micro["borrow_return_parked_us"]),
+            )
+        )
+    reset = micro.get("reset")
+    if reset:
+        rows += [
+            (
+                "deciding whether to reset: the statement classifier, cache hit",
+                f2(reset["classify_cache_hit_us"]),
+            ),
+            ("an unconditional reset: one `DISCARD ALL` round trip", f1(reset["discard_all_round_trip_us"])),
+            ("for scale: one indexed SELECT round trip (psycopg2 alone)", f1(reset["select_round_trip_us"])),
+        ]
+    io = micro.get("statement_with_io")
+    if io:
+        rows += [
+            ("one indexed SELECT with I/O through Django's backend", f1(io["django_backend_us"])),
+            (
+                "the same through ours (`RELEASE` transaction, `RESET` auto: no reset)",
+                f1(io["replicarouter_reset_auto_us"]),
+            ),
+            (
+                "the same with `RESET` always (a reset after every statement)",
+                f1(io["replicarouter_reset_always_us"]),
+            ),
+        ]
+    return rows
+
+
+def threads_bench(data: Mapping[str, Any]) -> Section:
+    runs = data["runs"]
+    base = {r["unit"]: r["units_per_s"] for r in runs if r["variant"] == "django"}
+    rows = [
+        (
+            r["label"],
+            r["unit"],
+            f"{r['units_per_s']:.0f}",
+            "-" if r["p50_ms"] is None else f2(r["p50_ms"]),
+            "-" if r["p99_ms"] is None else f2(r["p99_ms"]),
+            "-" if r.get("max_ms") is None else f"{r['max_ms']:.0f}",
+            r["peak_server_connections"],
+            f"{r['threads_served']}/{r['threads']}",
+            sum(r["errors"].values()),
+            f2(r["units_per_s"] / base[r["unit"]]) if base.get(r["unit"]) else "-",
+            "-" if r.get("rps_spread_pct") is None else f"{r['rps_spread_pct']:.0f} %",
+        )
+        for r in runs
+    ]
+    runs_table = table(
+        ("variant", "unit", "units/s", "p50 ms", "p99 ms", "max ms", "peak conns", "threads served",
+         "failed units", "vs django", "round spread"),
+        rows,
+        (False, False, True, True, True, True, True, True, True, True, True),
+    )  # fmt: skip
+    bars: list[Bar] = []
+    for unit in dict.fromkeys(r["unit"] for r in runs):
+        bars.append(Bar(f"{unit} unit, {runs[0]['threads']} threads", None))
+        bars += [
+            Bar(r["label"], r["units_per_s"], f"{r['units_per_s']:.0f} units/s", r["pool"] is not None)
+            for r in runs
+            if r["unit"] == unit
+        ]
+    first = runs[0]["unit"]
+    conn_bars = [
+        Bar(
+            r["label"],
+            r["peak_server_connections"],
+            f"{r['peak_server_connections']} connections, {r['threads_served']}/{r['threads']} served",
+            r["pool"] is not None,
+        )
+        for r in runs
+        if r["unit"] == first
+    ]
+    foreign = (data.get("foreign_cpu") or {}).get("share_of_machine")
+    machine = data.get("machine", {})
+    quick = " (`--quick`: short rounds, for checking only)" if data.get("quick") else ""
+    text = f"""## Threads that never close
+
+`threads_bench` runs {runs[0]["threads"]} threads per variant in one Python process; each loops over ORM
+work units on its own Django connection and never calls `close()`. `read` is 5 indexed lookups in
+autocommit, `mixed` the same reads plus an UPDATE in one `atomic()` block. "threads served" counts the
+threads that finished at least one unit while measured; "failed units" are mostly `PoolExhausted`; "max
+ms" is the slowest unit started while measured (a thread that waited for a connection all along shows
+there). How it works: [benchmarks.md](benchmarks.md#threads-that-never-close-threads_bench).
+
+{provenance("threads_bench", data, quick)}
+- **Machine**: {machine.get("cpu_count", "?")} CPUs; Python {machine.get("python", "?")}, Django \
+{machine.get("django", "?")}, psycopg2 {machine.get("psycopg2", "?")}, SQLAlchemy \
+{machine.get("sqlalchemy", "?")}, PostgreSQL {machine.get("postgresql", "?")}
+- **Rounds**: {data.get("rounds", "?")} × {data.get("duration_s", "?")} s per variant and unit after \
+{data.get("warmup_s", "?")} s of warm-up"""
+    if foreign is not None:
+        text += f"; other processes used {foreign:.0%} of the machine meanwhile"
+    text += f"""
+
+{runs_table}
+
+{chart_link("threads", "work units per second by variant")}
+
+{chart_link("threads-connections", "peak server connections for 64 threads")}
+
+The benchmark's own verdicts against the targets of issue 15:
+
+```
+{chr(10).join(data.get("summary", []))}
+```
+"""
+    charts = {
+        "threads": bar_chart(
+            "threads_bench: work units per second",
+            "higher is better; threads never close their connections; replicarouter in orange",
+            bars,
+        ),
+        "threads-connections": bar_chart(
+            f"threads_bench: peak server connections, {runs[0]['threads']} threads",
+            f"lower is better; {first} unit, the server's client backends",
+            conn_bars,
+        ),
+    }
+    return Section(15, text, charts)
 
 
 def router_bench(data: Mapping[str, Any]) -> Section:
@@ -587,6 +728,7 @@ def unknown(name: str, data: Any) -> Section:
 
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], Section]] = {
     "pool_bench": pool_bench,
+    "threads_bench": threads_bench,
     "router_bench": router_bench,
     "sticky_bench": sticky_bench,
     "health_bench": health_bench,

@@ -34,7 +34,7 @@ def mixed(request: HttpRequest) -> JsonResponse:
 
 
 def info(request: HttpRequest) -> JsonResponse:
-    """What this server really uses: engine, driver, TLS, and our pool's counters (checked by the bench)."""
+    """What this server really uses: engine, driver, TLS, our RELEASE mode and pool counters (checked)."""
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
     if is_psycopg3:
@@ -54,5 +54,6 @@ def info(request: HttpRequest) -> JsonResponse:
     if connection.settings_dict["ENGINE"] == "replicarouter.backends.postgresql":
         from replicarouter import pool as pools
 
+        data["release"] = str(connection.pool_options.release)
         data["pool_stats"] = pools.registry.stats(connection.alias)
     return JsonResponse(data)
