@@ -184,11 +184,10 @@ def _judge(text: str) -> tuple[bool, bool]:
     blanked = _blank(text)
     if blanked is None:
         return True, True
-    write = session = False
-    for statement in blanked.split(";"):
-        write = write or _statement_is_write(statement)
-        session = session or _SESSION_STATEMENT.match(statement) is not None
-    return write, session or _SESSION_ANYWHERE.search(blanked) is not None
+    statements = blanked.split(";")
+    write = any(map(_statement_is_write, statements))
+    session = any(map(_SESSION_STATEMENT.match, statements)) or _SESSION_ANYWHERE.search(blanked) is not None
+    return write, session
 
 
 def _statement_is_write(statement: str) -> bool:
@@ -209,7 +208,7 @@ def _statement_is_write(statement: str) -> bool:
             return _statement_is_write(copy.group("query"))
         return copy.group("direction") == "FROM"
     if word == "DECLARE":  # the cursor's query decides: FOR UPDATE locks rows
-        query = _CURSOR_QUERY.match(statement, match.end())
+        query = _CURSOR_QUERY.match(statement)
         return query is None or _statement_is_write(query.group(1))
     if word == "PREPARE":  # the prepared statement decides; PREPARE TRANSACTION 'id' ends a transaction
         prepared = _PREPARED.match(statement, match.end())

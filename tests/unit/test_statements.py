@@ -306,6 +306,7 @@ def test_text_that_cannot_be_read_is_a_write_that_changes_session_state(sql):
         ("COPY t TO '/tmp/t.csv' WITH (FORMAT csv)", False),
         ("COPY BINARY t TO STDOUT", False),
         ("COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)", False),
+        ("COPY (SELECT * FROM t) TO STDOUT", False),  # the query's FROM is no direction
         ("COPY (DELETE FROM t RETURNING *) TO STDOUT", True),
         ("COPY t FROM STDIN", True),
         ("COPY t (a, b) FROM STDIN", True),
