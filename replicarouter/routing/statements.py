@@ -6,23 +6,24 @@ answers go the safe way: a statement of unknown kind is a write (its session's r
 primary) and may change session state (the pool then resets the connection).
 
 A text is judged in three steps. It is *blanked* first, the way PostgreSQL's lexer reads it: comments
-(``--``, ``/* */`` nested up to three deep), string literals (``'…'``, ``E'…'`` with backslash escapes,
-``$$…$$`` and ``$tag$…$tag$``) and quoted names become one space each, so that nothing they contain
-counts and a quoted ``"t"`` still separates the words around it. Then the text is cut at each ``;`` and
-every statement is judged on its own: one write makes the text a write, one session change makes it
-change the session. The patterns are anchored at the start of a statement where a command decides, and
-match an upper-cased copy case-sensitively: ``re`` skips ahead to a possible first letter then, several
-times faster than ``IGNORECASE`` with ``\\b``. Text that cannot be blanked (an unterminated quote or
-comment, comments nested deeper) is unknown: a write that changes session state. String literals are read
-as with ``standard_conforming_strings = on``, PostgreSQL's default since 9.1 (Django never turns it off).
+(``--``, ``/* */`` nested up to three deep) and string literals (``'…'``, ``E'…'`` with backslash escapes,
+``$$…$$``, ``$tag$…$tag$``) become a space, quoted names an empty one (``""``), so that nothing they contain
+counts while ``FROM"t"FOR SHARE`` keeps its words apart and ``COPY "t" (a) FROM`` its table. Then the text
+is cut at each ``;`` and every statement is judged on its own: one write makes the text a write, one
+session change makes it change the session. Commands are matched at the start of their statement, and
+every pattern on an upper-cased copy, case-sensitively (faster in ``re`` than ``IGNORECASE``). Text that
+cannot be blanked (an unterminated quote or comment, comments nested deeper) is unknown: a write that
+changes session state. Strings are read as with ``standard_conforming_strings = on``, PostgreSQL's default
+since 9.1 (Django never turns it off).
 
-A quoted name that names session state is kept, not blanked: ``"pg_temp"`` (the temporary schema: any
-statement naming it counts, ``SELECT "pg_temp"`` included, the safe way), ``"set_config"`` and the
-session advisory lock functions.
+Decided the safe way: a quoted name that names session state is kept, not blanked: ``"pg_temp"`` (the
+temporary schema; any statement naming it counts, ``SELECT "pg_temp"`` included), ``"set_config"`` and the
+session advisory lock functions; ``INTO temp`` counts as ``INTO TEMP`` (a table named temp).
 
-Cost (python -m timeit, 2-core development machine): a cache miss for a 300-character ORM ``SELECT`` takes
-about 9 µs (18 µs before blanking and statement splitting: the upper-cased patterns more than pay for the
-blanking); a hit is the same one dict lookup, about 55 ns per ``classify`` call.
+Cost (python -m timeit, 2-core development machine, issue 15): a cache miss for a 300-character ORM
+``SELECT`` takes about 14 µs (21 µs before blanking and statement splitting: the upper-cased patterns more
+than pay for the blanking), an 86-character ``UPDATE`` 4.6 µs (3.8 µs before); a hit is the same one dict
+lookup as before, about 55 ns per ``classify`` call.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ _NEUTRAL = frozenset(
 _READS = frozenset(["SELECT", "WITH", "VALUES", "TABLE", "EXPLAIN"])
 
 # -- blanking ---------------------------------------------------------------------------------------------
-# Every alternative starts with a plain character, so that re skips ahead to the next one of them; what
-# must not come before it (E'…' and $$…$$ do not start inside a name: xE'…' and x$$ are names) is looked
-# behind once that character is consumed.
+# Every alternative starts with a plain character, so that re can skip ahead to the next one (it saves a
+# third of the blanking of an ORM SELECT); what must not come before it (E'…' and $$…$$ do not start
+# inside a name: xE'…' and x$$ are names) is looked behind once that character is consumed.
 #: a character that continues a name: a letter, digit, _ or $ (PostgreSQL counts every non-ASCII one)
 _NAME_CHAR = r"[0-9A-Za-z_$\x80-\U0010ffff]"
 #: a dollar quote's opening: $$ or $tag$ (a tag never starts with a digit: $1 is a parameter)
@@ -110,7 +111,7 @@ def _blank(text: str) -> str | None:
 
 # -- the patterns, on blanked upper-cased statements ------------------------------------------------------
 _FIRST_WORD = re.compile(r"[\s(]*([A-Z]+)")
-#: (INSERT and MERGE always come with INTO)
+#: what makes a read a write (INSERT and MERGE always come with INTO)
 _WRITE_INSIDE_READ = re.compile(
     r"\b(?:UPDATE|DELETE|INTO|NEXTVAL|SETVAL"
     r"|FOR\s+(?:NO\s+KEY\s+)?UPDATE|FOR\s+(?:KEY\s+)?SHARE)\b"

@@ -193,6 +193,7 @@ def both(sql):
         ('SELECT "a"; SET x = 1', (False, True)),
         # decided: a quoted name "pg_temp" counts wherever it is (the safe way)
         ('SELECT "pg_temp"', (False, True)),
+        ("INSERT INTO temp VALUES (1)", (True, True)),  # and a table named temp, as INTO TEMP
     ],
 )
 def test_session_state_is_found_where_postgresql_reads_it(sql, answer):
