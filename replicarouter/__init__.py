@@ -35,7 +35,7 @@ def pool_stats(alias: str | None = None) -> dict[str, dict[str, Any]]:
 
     Per alias: ``size``, ``max_overflow``, ``checked_out``, ``overflow``, ``idle`` (gauges) and
     ``connects``, ``checkouts``, ``waits``, ``timeouts``, ``invalidations``, ``discards``,
-    ``stale_on_checkout``, ``pins`` (counters since the process started).
+    ``stale_on_checkout``, ``pins``, ``reuses`` (counters since the process started).
     """
     from django.conf import settings
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -20,6 +18,8 @@ from replicarouter import runtime
 from replicarouter.exceptions import PoolExhausted
 
 from .gate import Gate
+from .leases import Lease, Leases
+from .liveness import socket_readable
 from .options import PoolOptions
 from .reset import reset_plan
 
@@ -30,6 +30,7 @@ logger = logging.getLogger("replicarouter.pools")
 #: deferrable). A reset that clears session state forgets the first, so the next borrower prepares again.
 PREPARED_KEY = "replicarouter.prepared"
 SESSION_KEY = "replicarouter.session"
+BORN_KEY = "replicarouter.born"
 
 
 @dataclass
@@ -45,13 +46,8 @@ class PoolCounters:
     stale_on_checkout: int = 0
     #: connections a Django wrapper kept until its close() (session state, ``RELEASE = "transaction"``)
     pins: int = 0
-
-
-@dataclass
-class _Lease:
-    since: float
-    thread: str
-    warned: bool = False
+    #: checkouts that took back the connection their borrower had parked (no QueuePool round)
+    reuses: int = 0
 
 
 @dataclass(eq=False)
@@ -64,7 +60,7 @@ class Borrowed:
     #: replicarouter itself left session state on it (a primary lent read-only for replica reads):
     #: discarded on return whatever ``RESET`` says, since ``"rollback"`` trusts only the borrower
     tainted: bool = False
-    lease: _Lease | None = None  # only kept when LEAK_WARNING is set
+    lease: Lease | None = None  # only kept when LEAK_WARNING is set
 
     @property
     def connection(self) -> Any:
@@ -88,9 +84,8 @@ class ConnectionPool:
         self.generation = runtime.generation()
         self.disposed = False
         self.counters = PoolCounters()
-        self._leases: dict[int, _Lease] = {}
+        self._leases = Leases(alias, options.leak_warning) if options.leak_warning is not None else None
         self._records: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
         limited = options.max_overflow >= 0
         #: server connections open now (idle or lent)
         self._open = 0
@@ -122,6 +117,7 @@ class ConnectionPool:
         self.counters.connects += 1
         self._open += 1
         self._records.add(record)
+        record.info[BORN_KEY] = time.time()
 
     def _on_close(self, dbapi_connection: Any, record: Any) -> None:
         self._open -= 1
@@ -132,7 +128,11 @@ class ConnectionPool:
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         # raising DisconnectionError makes QueuePool invalidate this connection and hand out another
-        if _socket_readable(dbapi_connection):
+        self._check_live(dbapi_connection)
+
+    def _check_live(self, dbapi_connection: Any) -> None:
+        """Raise DisconnectionError if an idle connection is closed by the server (or fails PRE_PING)."""
+        if socket_readable(dbapi_connection):
             self.counters.stale_on_checkout += 1
             logger.info(
                 "pool %r: dropped a connection the server had closed",
@@ -152,19 +152,30 @@ class ConnectionPool:
 
     # -- borrowing --------------------------------------------------------------------------------------
 
-    def checkout(self) -> Borrowed:
-        """Lend a connection; raise PoolExhausted after ``TIMEOUT`` seconds without one."""
-        if self.options.leak_warning is not None:
-            self._warn_long_leases()
-        started = time.monotonic()
+    def checkout(self, prefer: Borrowed | None = None) -> Borrowed:
+        """Lend a connection (``prefer``: the one its borrower parked, if still there); raise
+        PoolExhausted after ``TIMEOUT`` seconds without one."""
         gate = self._gate
-        if gate is not None:
+        if prefer is not None and self.take_back(prefer):
+            self.counters.checkouts += 1
+            self.counters.reuses += 1
+            return prefer
+        if self._leases is not None:
+            self._leases.warn_long()
+        started = time.monotonic()
+        while gate is not None:
             waited = gate.acquire(self.options.timeout)
             if waited is None:
                 self.counters.waits += 1
                 self._exhausted(started)
+            if isinstance(waited, Borrowed):  # another borrower's parked connection, with its slot
+                if self._still_good(waited):
+                    self.counters.checkouts += 1
+                    return Borrowed(self, waited.fairy)
+                continue
             if waited:
                 self.counters.waits += 1
+            break
         try:
             fairy = self._pool.connect()
         except sa_exc.TimeoutError:
@@ -177,11 +188,47 @@ class ConnectionPool:
             raise
         self.counters.checkouts += 1
         borrowed = Borrowed(self, fairy)
-        if self.options.leak_warning is not None:
-            borrowed.lease = _Lease(time.monotonic(), threading.current_thread().name)
-            with self._lock:
-                self._leases[id(borrowed)] = borrowed.lease
+        if self._leases is not None:
+            borrowed.lease = self._leases.lend(id(borrowed))
         return borrowed
+
+    def park(self, borrowed: Borrowed) -> bool:
+        """Keep a clean returned connection for its borrower to take back at once; others may take it.
+
+        Refused (the caller checks it in instead) when it would need a reset, while anyone waits, and
+        beyond ``SIZE`` parked connections.
+        """
+        gate = self._gate
+        if gate is None or self.disposed or borrowed.dirty or borrowed.tainted:
+            return False
+        options = self.options
+        if options.reset == "always" or options.leak_warning is not None:
+            return False
+        conn = borrowed.connection
+        if conn is None or conn.closed or conn.get_transaction_status() != 0:
+            return False
+        baseline = borrowed.info.get(SESSION_KEY)
+        if baseline is not None and baseline != (conn.isolation_level, conn.readonly, conn.deferrable):
+            return False
+        return gate.park(borrowed, options.size)
+
+    def take_back(self, borrowed: Borrowed) -> bool:
+        """Take back a connection its borrower parked: False if another took it, or it is not sound."""
+        gate = self._gate
+        return gate is not None and gate.unpark(borrowed) and self._still_good(borrowed)
+
+    def _still_good(self, borrowed: Borrowed) -> bool:
+        """Return whether a parked connection taken back is sound; close it (freeing its slot) if not."""
+        fairy = borrowed.fairy
+        recycle = self.options.recycle
+        try:
+            if self.disposed or (recycle >= 0 and time.time() - fairy.info[BORN_KEY] > recycle):
+                raise sa_exc.DisconnectionError("recycled")
+            self._check_live(fairy.dbapi_connection)
+        except Exception:
+            fairy.invalidate()  # SQLAlchemy's checkin event gives its slot back
+            return False
+        return True
 
     def _exhausted(self, started: float) -> NoReturn:
         self.counters.timeouts += 1
@@ -191,16 +238,8 @@ class ConnectionPool:
 
     def checkin(self, borrowed: Borrowed, *, reusable: bool = True) -> None:
         """Take a connection back: reset it and return it to the pool, or close it if it is not sound."""
-        if self.options.leak_warning is not None and borrowed.lease is not None:
-            with self._lock:
-                self._leases.pop(id(borrowed), None)
-            held = time.monotonic() - borrowed.lease.since
-            if held > self.options.leak_warning:
-                logger.warning(
-                    "pool %r: connection held %.1f s by thread %s (LEAK_WARNING is %.1f s)",
-                    self.alias, held, borrowed.lease.thread, self.options.leak_warning,
-                    extra={"replicarouter_event": "pool_leak", "replicarouter_node": self.alias},
-                )  # fmt: skip
+        if self._leases is not None and borrowed.lease is not None:
+            self._leases.end(id(borrowed), borrowed.lease)
         fairy = borrowed.fairy
         if fairy.dbapi_connection is None:  # already invalidated
             return
@@ -218,10 +257,10 @@ class ConnectionPool:
         gate = self._gate
         if gate is None or self.options.max_overflow == 0:
             return False
-        lent = self._pool.checkedout()  # the returning one included
+        out = self._pool.checkedout()  # the returning one and the parked ones included
         # slots handed to borrowers that have not taken their connection yet: keep one idle for each
-        pending = self.options.size + self.options.max_overflow - gate.free - lent
-        return self._open - lent + 1 - max(pending, 0) > self.options.size
+        pending = self.options.size + self.options.max_overflow - gate.free - out
+        return self._open - out + gate.parked + 1 - max(pending, 0) > self.options.size
 
     def _reset(self, borrowed: Borrowed) -> bool:
         """Make a returned connection clean for its next borrower; return False if it cannot be."""
@@ -267,26 +306,11 @@ class ConnectionPool:
             return False
         return True
 
-    def _warn_long_leases(self) -> None:
-        assert self.options.leak_warning is not None
-        now = time.monotonic()
-        with self._lock:
-            leases = list(self._leases.values())
-        for lease in leases:
-            if not lease.warned and now - lease.since > self.options.leak_warning:
-                lease.warned = True
-                logger.warning(
-                    "pool %r: a connection has been checked out by thread %s for %.1f s (LEAK_WARNING is "
-                    "%.1f s): a thread that never closes its connection holds it forever",
-                    self.alias, lease.thread, now - lease.since, self.options.leak_warning,
-                    extra={"replicarouter_event": "pool_leak", "replicarouter_node": self.alias},
-                )  # fmt: skip
-
     # -- state ------------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
         """Return pool gauges and counters: size, checked_out, overflow, idle, connects, waits…"""
-        checked_out = self._pool.checkedout()
+        checked_out = self._pool.checkedout() - (self._gate.parked if self._gate is not None else 0)
         # QueuePool counts invalidated slots (no connection until next checkout) as checked in: count
         # the server connections that really exist instead
         open_connections = sum(1 for record in list(self._records) if record.dbapi_connection is not None)
@@ -308,6 +332,9 @@ class ConnectionPool:
     def dispose(self) -> None:
         """Close every idle connection; checked-out ones are closed when they come back."""
         self.disposed = True
+        if self._gate is not None:
+            for parked in self._gate.take_parked():
+                parked.fairy.invalidate()
         self._pool.dispose()
 
     def detach_from_parent(self, devnull: int) -> None:
@@ -321,13 +348,3 @@ class ConnectionPool:
             except Exception:
                 continue
             os.dup2(devnull, fd)  # libpq may now write its Terminate message: it goes nowhere
-
-
-def _socket_readable(dbapi_connection: Any) -> bool:
-    """Return whether an idle connection has pending input, i.e. the server closed it or is closing it."""
-    try:
-        poller = select.poll()
-        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
-    except Exception:
-        return True

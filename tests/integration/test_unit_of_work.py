@@ -644,3 +644,51 @@ def test_overflow_connections_are_closed_when_they_come_back(replica_cluster):
     assert stats["connects"] == 3
     for wrapper in wrappers:
         wrapper.close()
+
+
+def test_a_wrapper_takes_back_the_connection_it_parked(replica_cluster):
+    """Given back at the end of a statement, parked for this wrapper: the next statement takes it again."""
+    wrapper = _wrapper({"SIZE": 2})
+    pid = _scalar(wrapper, "SELECT pg_backend_pid()")
+    for _ in range(5):
+        assert _scalar(wrapper, "SELECT pg_backend_pid()") == pid
+    stats = pools.registry.stats(wrapper.alias)
+    assert stats["connects"] == 1 and stats["checkouts"] == 6 and stats["checked_out"] == 0
+    assert stats["idle"] == 1 and stats["reuses"] == 5
+    wrapper.close()
+
+
+def test_a_parked_connection_the_server_terminated_is_replaced_without_an_error(replica_cluster):
+    """Fault: pg_terminate_backend() on the parked connection's session; the next statement just works."""
+    wrapper = _wrapper({"SIZE": 2})
+    pid = _scalar(wrapper, "SELECT pg_backend_pid()")
+    replica_cluster.node("primary").query("SELECT pg_terminate_backend(%s)", (pid,))
+    wait_for(
+        "the session to end",
+        lambda: (
+            not replica_cluster.node("primary").scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+            )
+        ),
+        timeout=5,
+    )
+    assert _scalar(wrapper, "SELECT pg_backend_pid()") != pid
+    assert pools.registry.stats(wrapper.alias)["stale_on_checkout"] == 1
+    wrapper.close()
+
+
+def test_close_pool_closes_a_parked_connection(replica_cluster):
+    wrapper = _wrapper({"SIZE": 2})
+    pid = _scalar(wrapper, "SELECT pg_backend_pid()")
+    wrapper.close_pool()
+    wait_for(
+        "the parked connection to close",
+        lambda: (
+            not replica_cluster.node("primary").scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+            )
+        ),
+        timeout=5,
+    )
+    assert _scalar(wrapper, "SELECT pg_backend_pid()") != pid  # a new pool, a new connection
+    wrapper.close()

@@ -85,3 +85,40 @@ def test_many_threads_never_exceed_the_slots():
     for thread in threads:
         thread.join(30)
     assert most <= 3 and gate.free == 3 and gate.waiting == 0
+
+
+def test_a_parked_slot_is_taken_back_by_its_holder():
+    gate = Gate(1)
+    gate.acquire(1.0)
+    item = object()
+    assert gate.park(item, limit=1) and gate.parked == 1
+    assert gate.unpark(item) is True and gate.parked == 0
+    assert gate.unpark(item) is False  # only once
+    assert gate.free == 0  # the slot stayed with the holder throughout
+
+
+def test_a_borrower_without_a_free_slot_takes_the_oldest_parked_one():
+    gate = Gate(2)
+    first, second = object(), object()
+    gate.acquire(1.0)
+    gate.acquire(1.0)
+    assert gate.park(first, limit=2) and gate.park(second, limit=2)
+    assert gate.acquire(1.0) is first  # with its slot: no wait, nothing freed
+    assert gate.unpark(first) is False  # its holder finds it gone
+    assert gate.unpark(second) is True
+    assert gate.free == 0
+
+
+def test_nothing_is_parked_while_anyone_waits_nor_beyond_the_limit():
+    gate = Gate(1)
+    gate.acquire(1.0)
+    waiter = threading.Thread(target=lambda: gate.acquire(5.0))
+    waiter.start()
+    _wait_until(lambda: gate.waiting == 1)
+    assert gate.park(object(), limit=1) is False
+    gate.release()  # handed to the waiter
+    waiter.join(5)
+    assert gate.park(object(), limit=0) is False
+    kept = object()
+    assert gate.park(kept, limit=1) is True and gate.park(object(), limit=1) is False
+    assert gate.take_parked() == [kept] and gate.parked == 0

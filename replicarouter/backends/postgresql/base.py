@@ -125,7 +125,7 @@ class DatabaseWrapper(UnitOfWorkWrapper):
             borrowed = self._borrow_replica(cluster, conn_params)
             self._read_cluster = cluster
         else:
-            borrowed = self.connection_pool(conn_params).checkout()
+            borrowed = self.checkout_from(self.connection_pool(conn_params))
         self._borrowed = borrowed
         self._borrowed_generation = runtime.generation()
         return borrowed.connection
@@ -151,7 +151,7 @@ class DatabaseWrapper(UnitOfWorkWrapper):
         else:
             params = self.get_connection_params() if conn_params is None else conn_params
         try:
-            return self.connection_pool(params).checkout()
+            return self.checkout_from(self.connection_pool(params))
         except PoolExhausted:
             raise
         except psycopg2.OperationalError as exc:
@@ -167,7 +167,7 @@ class DatabaseWrapper(UnitOfWorkWrapper):
         failures = None if node is None else node.failures
         if lending.tries_itself(failures, health.is_suspect(cluster.name, self.alias)):
             try:
-                return self.connection_pool(conn_params).checkout()
+                return self.checkout_from(self.connection_pool(conn_params))
             except PoolExhausted:
                 raise
             except psycopg2.OperationalError as exc:

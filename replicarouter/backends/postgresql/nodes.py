@@ -60,7 +60,7 @@ def borrow_fallback(cluster: Cluster, alias: str, error: Exception | None) -> po
     if replica is not None:
         lender = wrapper(replica)
         try:
-            borrowed = lender.connection_pool(lender.get_connection_params()).checkout()
+            borrowed = lender.checkout_from(lender.connection_pool(lender.get_connection_params()))
         except psycopg2.OperationalError as exc:
             health.suspect(cluster.name, replica)
             failures.append(f"{replica}: {first_line(exc)}")

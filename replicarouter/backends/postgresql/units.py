@@ -33,6 +33,7 @@ from typing import Any
 from django.db.backends.postgresql import base as django_base
 
 from replicarouter import pool as pools
+from replicarouter import runtime
 
 from .holding import Hold, hold
 
@@ -66,6 +67,9 @@ class UnitOfWorkWrapper(django_base.DatabaseWrapper):
         super().__init__(*args, **kwargs)
         self._borrowed: pools.Borrowed | None = None
         self._borrowed_generation = -1
+        #: the connection this wrapper gave back last, parked in its pool for it to take again at once
+        #: (unless another borrower took it meanwhile): see ``pool.gate``
+        self._parked_with: pools.Borrowed | None = None
 
     # -- what the subclass provides -----------------------------------------------------------------
 
@@ -205,7 +209,27 @@ class UnitOfWorkWrapper(django_base.DatabaseWrapper):
         # whatever went wrong went with the connection: the next one is checked on checkout
         self.errors_occurred = False
         assert borrowed is not None
-        borrowed.pool.checkin(borrowed)
+        if borrowed.pool.park(borrowed):
+            self._parked_with = borrowed
+        else:
+            borrowed.pool.checkin(borrowed)
+
+    def checkout_from(self, pool: pools.ConnectionPool) -> pools.Borrowed:
+        """Borrow from ``pool``, taking back the connection this wrapper parked there if it still can."""
+        parked, self._parked_with = self._parked_with, None
+        if parked is not None and parked.pool.generation != runtime.generation():
+            parked = None  # parked before a fork: the parent's, never touched here
+        if parked is not None and parked.pool is not pool:
+            # the lending decision moved elsewhere (failover, a replica back): give the old one back
+            if parked.pool.take_back(parked):
+                parked.pool.checkin(parked)
+            parked = None
+        return pool.checkout(parked)
+
+    def _drop_parked(self) -> None:
+        parked, self._parked_with = self._parked_with, None
+        if parked is not None and parked.pool.take_back(parked):
+            parked.pool.checkin(parked)
 
     def cursor_opened(self) -> None:
         """Count a cursor handed out on the borrowed connection."""
@@ -282,5 +306,6 @@ class UnitOfWorkWrapper(django_base.DatabaseWrapper):
             self.validate_thread_sharing()
             self.run_on_commit: list[Any] = []
             self._parked = False
+            self._drop_parked()
             return
         super().close()
