@@ -658,20 +658,17 @@ def test_a_wrapper_takes_back_the_connection_it_parked(replica_cluster):
     wrapper.close()
 
 
+def _wait_session_gone(cluster: Any, pid: int, what: str) -> None:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+    wait_for(what, lambda: not cluster.node("primary").scalar(sql, (pid,)), timeout=5)
+
+
 def test_a_parked_connection_the_server_terminated_is_replaced_without_an_error(replica_cluster):
     """Fault: pg_terminate_backend() on the parked connection's session; the next statement just works."""
     wrapper = _wrapper({"SIZE": 2})
     pid = _scalar(wrapper, "SELECT pg_backend_pid()")
     replica_cluster.node("primary").query("SELECT pg_terminate_backend(%s)", (pid,))
-    wait_for(
-        "the session to end",
-        lambda: (
-            not replica_cluster.node("primary").scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
-            )
-        ),
-        timeout=5,
-    )
+    _wait_session_gone(replica_cluster, pid, "the session to end")
     assert _scalar(wrapper, "SELECT pg_backend_pid()") != pid
     assert pools.registry.stats(wrapper.alias)["stale_on_checkout"] == 1
     wrapper.close()
@@ -681,14 +678,6 @@ def test_close_pool_closes_a_parked_connection(replica_cluster):
     wrapper = _wrapper({"SIZE": 2})
     pid = _scalar(wrapper, "SELECT pg_backend_pid()")
     wrapper.close_pool()
-    wait_for(
-        "the parked connection to close",
-        lambda: (
-            not replica_cluster.node("primary").scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
-            )
-        ),
-        timeout=5,
-    )
+    _wait_session_gone(replica_cluster, pid, "the parked connection to close")
     assert _scalar(wrapper, "SELECT pg_backend_pid()") != pid  # a new pool, a new connection
     wrapper.close()
