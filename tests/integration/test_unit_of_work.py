@@ -80,6 +80,15 @@ def _scalar(wrapper: Any, sql: str) -> Any:
         return cursor.fetchone()[0]
 
 
+def _run_threads(target: Any, count: int, name: str, timeout: float) -> None:
+    """Run ``target`` in ``count`` threads at once and wait for them all."""
+    threads = [threading.Thread(target=target, name=f"{name}-{i}") for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 @contextlib.contextmanager
 def _quiet(name: str) -> Iterator[None]:
     logger = logging.getLogger(name)
@@ -145,11 +154,7 @@ def test_32_threads_with_test_clients_share_a_pool_of_2_plus_2(replica_cluster, 
 
         sampler = _Sampler(replica_cluster, dbname)
         sampler.start()
-        threads = [threading.Thread(target=work, name=f"client-{i}") for i in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        _run_threads(work, 32, "client", timeout=120)
         sampler.stop.set()
         sampler.join(5)
         held = [alias for alias in connections.settings if pools.registry.stats(alias).get("checked_out")]
@@ -299,11 +304,7 @@ def test_server_side_cursor_iterates_outside_a_transaction_while_other_threads_b
             seen += 1
             pids.add(wrapper.borrowed.connection.info.backend_pid)
             if seen % 10 == 1:
-                threads = [threading.Thread(target=borrow) for _ in range(4)]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join(30)
+                _run_threads(borrow, 4, "borrower", timeout=30)
         assert not errors, errors
         assert seen >= 30 and len(pids) == 1
         assert wrapper.borrowed is None  # given back once the iterator was exhausted
@@ -615,11 +616,7 @@ def test_threads_borrowing_in_a_tight_loop_are_all_served_in_turn(replica_cluste
         finally:
             wrapper.close()
 
-    threads = [threading.Thread(target=work, name=f"loop-{i}") for i in range(24)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    _run_threads(work, 24, "loop", timeout=120)
     assert not errors, errors[:3]
     assert len(served) == 24 and set(served.values()) == {40}
     stats = pools.registry.stats(alias)
