@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from replicarouter.routing.context import request_context, use_primary, use_replica
+from replicarouter.routing.context import mark_written, request_context, use_primary, use_replica
 
 from .exceptions import ConfigurationError, PoolExhausted, PrimaryUnavailable, ReplicaRouterError
 from .sticky.handoff import capture_position, read_after
@@ -21,6 +21,7 @@ __all__ = [
     "ReplicaRouterError",
     "__version__",
     "capture_position",
+    "mark_written",
     "pool_stats",
     "read_after",
     "request_context",

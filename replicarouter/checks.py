@@ -10,10 +10,10 @@ dict; E019 a cluster not a dict with a PRIMARY alias; E020 unknown keys in a clu
 neither a list nor a dict; E022 APPS not a list of app labels; E011 unknown alias; E012 alias in two
 roles; E013 cluster alias not on the pooled backend; E014 bad weight; E015 primary listed as its own
 replica; E016 app label in two clusters; E017 REPLICAROUTER not a dict; E018 unknown REPLICAROUTER
-keys; E030–E045 an invalid value of one REPLICAROUTER key (one id per key, from
+keys; E030–E046 an invalid value of one REPLICAROUTER key (one id per key, from
 ``settings_schema.REPLICAROUTER_OPTIONS``). Wiring: W010 router without the middleware; W011 replicas
 configured but the router not installed; W012 replica alias without TEST MIRROR; W013 our middleware
-placed before the session/authentication middleware it reads; W014 PROMOTE_AFTER without REDIS_URL
+placed after a middleware that may write after the view returned (outside its routing state); W014 PROMOTE_AFTER without REDIS_URL
 (promotion needs the Redis lease that makes one process the cluster's leader, so it would never happen).
 """
 
@@ -73,6 +73,25 @@ CHECK_IDS = tuple(
     )
 )
 ROUTER = "replicarouter.router.ReplicaRouter"
+#: middleware known to make no database write after the view returned other than a session save (which
+#: ReplicaRouterMiddleware follows wherever it is): ours may come after them without W013
+QUIET_MIDDLEWARE = frozenset(
+    {
+        "django.middleware.security.SecurityMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.auth.middleware.LoginRequiredMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        "django.middleware.gzip.GZipMiddleware",
+        "django.middleware.http.ConditionalGetMiddleware",
+        "django.middleware.locale.LocaleMiddleware",
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "corsheaders.middleware.CorsMiddleware",
+    }
+)
 MIDDLEWARE = "replicarouter.middleware.ReplicaRouterMiddleware"
 
 _POOL_KEYS_IN_OPTIONS = {"pool", "POOL", *POOL_DEFAULTS, *(k.lower() for k in POOL_DEFAULTS)}
@@ -200,19 +219,20 @@ def topology_messages(
             )
         )
     if MIDDLEWARE in middleware:
-        needs = ["django.contrib.sessions.middleware.SessionMiddleware"]
-        if isinstance(values, dict) and values.get("STICKY_SCOPE") == "user":
-            needs.append("django.contrib.auth.middleware.AuthenticationMiddleware")
-        for name in needs:
-            if name in middleware and middleware.index(name) > middleware.index(MIDDLEWARE):
-                messages.append(
-                    Warning(
-                        f"{MIDDLEWARE} comes before {name}: it cannot key read-your-writes positions by "
-                        "session (or user), so only the signed cookie carries them.",
-                        hint=f"Move {MIDDLEWARE} after {name} in MIDDLEWARE.",
-                        id="replicarouter.W013",
-                    )
+        outside = [
+            name for name in middleware[: middleware.index(MIDDLEWARE)] if name not in QUIET_MIDDLEWARE
+        ]
+        if outside:
+            messages.append(
+                Warning(
+                    f"{MIDDLEWARE} comes after {', '.join(outside)}: database writes they make after "
+                    "the view returned happen outside the request's routing state, so the session's "
+                    "next reads may not see them (session saves are followed in either order).",
+                    hint=f"Put {MIDDLEWARE} first in MIDDLEWARE (right after SecurityMiddleware); if "
+                    "those middleware never write after the view, silence replicarouter.W013.",
+                    id="replicarouter.W013",
                 )
+            )
     if isinstance(values, dict) and values.get("PROMOTE_AFTER") is not None and not values.get("REDIS_URL"):
         messages.append(
             Warning(

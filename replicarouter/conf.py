@@ -67,6 +67,7 @@ class Settings:
     RISE: _Setting[int] = _Setting()
     STICKY: _Setting[str] = _Setting()
     STICKY_SECONDS: _Setting[float] = _Setting()
+    MONOTONIC_READS: _Setting[bool] = _Setting()
     STICKY_SCOPE: _Setting[str] = _Setting()
     BALANCE: _Setting[str] = _Setting()
     READ_TIMEOUT: _Setting[float | None] = _Setting()

@@ -7,7 +7,7 @@ derives from these two tables: the typed accessors of ``conf.settings`` (read at
 ``PoolOptions`` and health ``Rules`` defaults, ``checks.CHECK_IDS`` and the docs test that compares
 docs/configuration.md with the code.
 
-Check ids: a wrong value of a key is reported under that key's own id (``REPLICAROUTER``: E030–E045,
+Check ids: a wrong value of a key is reported under that key's own id (``REPLICAROUTER``: E030–E046,
 ``POOL``: E051–E059), so each can be looked up and silenced alone; the structure of the dicts has its
 own ids (E017 / E018: ``REPLICAROUTER`` not a dict / unknown keys; E002 / E050 the same for ``POOL``;
 E010 and E019–E022 for ``CLUSTERS``, reported by ``routing.topology.build``).
@@ -240,6 +240,10 @@ REPLICAROUTER_OPTIONS: Mapping[str, Option] = _table(
     _positive(
         "STICKY_SECONDS", 120.0, "replicarouter.E039", "how long a session's write position is kept",
         Unit.SECONDS,
+    ),
+    Option(
+        "MONOTONIC_READS", True, Kind.BOOLEAN, "replicarouter.E046",
+        "a session never reads older data than it already read",
     ),
     _choice("STICKY_SCOPE", StickyScope.SESSION, "replicarouter.E040", "whose writes a read must see"),
     _choice("BALANCE", Balance.ROUND_ROBIN, "replicarouter.E041", "how reads are spread over the replicas"),

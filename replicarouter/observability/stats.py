@@ -22,6 +22,12 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "sticky_releases": ("Session positions dropped because every replica had replayed them", ("cluster",)),
     "sticky_store_errors": ("Redis errors while reading or storing session positions", ()),
+    "sticky_bad_values": ("Values in Redis under a session's keys that are not positions (ignored)", ()),
+    "sticky_bad_cookies": ("Position cookies ignored: forged, expired or malformed", ("reason",)),
+    "sticky_pins": (
+        "Sessions pinned to the primary for STICKY_SECONDS because their write's position could not be read",
+        ("cluster",),
+    ),
     "read_retries": ("Reads re-run elsewhere after their replica connection broke", ("alias",)),
     "read_fallbacks": ("Connections of a replica alias lent by another node", ("alias",)),
     "reads_aborted": ("Reads cut by the watchdog (READ_TIMEOUT on an unresponsive node)", ("alias",)),

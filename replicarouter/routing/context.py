@@ -31,6 +31,9 @@ class RequestState:
     wrote: set[str] = field(default_factory=set)
     #: the session's read-your-writes positions (replicarouter.sticky.StickyState), set by the middleware
     sticky: Any = None
+    #: the response, once the view and the middleware inside ours returned (writes after that, such as
+    #: a session save by an outer SessionMiddleware, are recorded on it)
+    response: Any = None
 
 
 _forced: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("replicarouter_forced", default=())
@@ -118,6 +121,30 @@ def wrote(cluster: str) -> bool:
     return state is not None and cluster in state.wrote
 
 
+def mark_written(using: str | None = None) -> None:
+    """Tell the router that the current request or task wrote, where no statement shows it.
+
+    For writes no parser can see: a ``SELECT`` of a function with side effects, a write through another
+    connection. ``using`` names the alias written through (its cluster counts); None counts every
+    cluster. Like any write, the rest of the request reads from the primary and the session's later
+    reads see it (its position is recorded at the end of the request).
+    """
+    from replicarouter.conf import topology
+
+    clusters = topology().clusters
+    if using is None:
+        names = [c.name for c in clusters]
+    else:
+        from django.conf import settings
+
+        if using not in settings.DATABASES:
+            raise ValueError(f"mark_written(using={using!r}): no such alias in DATABASES")
+        cluster = topology().by_alias.get(using)
+        names = [cluster.name if cluster is not None else using]
+    for name in names:
+        mark_write(name)
+
+
 def mark_write(cluster: str) -> None:
     """Record that this request/task wrote to ``cluster`` (outside any request: for this context on)."""
     state = _state.get()
@@ -145,6 +172,16 @@ def end(tokens: Tokens) -> None:
     _atomic.reset(atomic_token)
     _forced.reset(forced_token)
     _state.reset(state_token)
+
+
+@contextmanager
+def resumed(state: RequestState) -> Iterator[RequestState]:
+    """Run the code inside in ``state`` again (a session save after the middleware returned)."""
+    tokens = _state.set(state), _forced.set(()), _atomic.set(frozenset())
+    try:
+        yield state
+    finally:
+        end(tokens)
 
 
 @contextmanager

@@ -1,24 +1,44 @@
 """``ReplicaRouterMiddleware``: one fresh routing state per request, and read-your-writes across requests.
 
-At the start of a request it installs the session's sticky state (positions from the signed cookie at
-once; from Redis lazily, on the first read that needs them). At the end, if the request wrote, it
-records the primary's WAL position (or, with ``STICKY="time"``, a pin deadline) in Redis and in the
-cookie; if a read found every replica caught up, it releases the stored position. Put it after
-``SessionMiddleware`` (and ``AuthenticationMiddleware`` with ``STICKY_SCOPE="user"``).
+At the start of a request it installs the session's sticky state (positions, pins and what the session
+last read from the signed cookie at once; from Redis lazily, on the first read that needs them). At the
+end, if the request wrote, it records the primary's WAL position (or, with ``STICKY="time"``, a pin
+deadline) in Redis and in the cookie; if a read found every replica caught up, it releases the stored
+position; if the session read elsewhere than before (monotonic reads), the cookie says so.
+
+Writes anywhere in the request/response cycle count, whatever the middleware order. Placed before
+``SessionMiddleware`` (recommended: first, after ``SecurityMiddleware``), everything the inner
+middleware do, session saves included, happens inside its routing state. Placed after it, the session
+is saved once this middleware has returned: the session object's ``save`` is then wrapped at the start
+of the request, so that the save runs in the request's routing state and its write is recorded on the
+response before ``SessionMiddleware`` sends it. Writes that other middleware outside this one make
+after it returned are not seen (check W013 says which middleware come first).
+
+Once the view has returned nothing here raises: when the primary's position cannot be read after a
+write (its connection died after the commit), the session is pinned to the primary for
+``STICKY_SECONDS`` instead (counted in ``sticky_pins``, logged).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
 from replicarouter.conf import settings, topology
+from replicarouter.observability import stats
 from replicarouter.sticky import policy as sticky
 from replicarouter.sticky import store as stickystore
 
+from . import context
 from .context import RequestState, request_context
+
+logger = logging.getLogger("replicarouter.sticky")
+#: problems already logged by this process (each kind is logged once, counted always)
+_logged: set[str] = set()
 
 
 def _identity(request: Any) -> str | None:
@@ -34,57 +54,133 @@ def _identity(request: Any) -> str | None:
     return sticky.identity("session", key, django_settings.SECRET_KEY) if key else None
 
 
+def _bad_cookie(problem: str) -> None:
+    stats.incr("sticky_bad_cookies", problem)
+    if problem not in _logged:
+        _logged.add(problem)
+        logger.warning(
+            "ignoring a position cookie (%s); further ones are only counted (sticky_bad_cookies)",
+            problem,
+            extra={"replicarouter_event": "bad_cookie"},
+        )
+
+
 def begin(request: Any, state: RequestState) -> None:
     """Install the request's sticky state (no I/O)."""
     mode = settings.STICKY
     if mode == "off":
         return
-    known = sticky.decode_cookie(request.COOKIES.get(sticky.COOKIE_NAME), mode, settings.STICKY_SECONDS)
-    current = sticky.StickyState(mode, known=known)
+    cookie = sticky.read_cookie(request.COOKIES.get(sticky.COOKIE_NAME), mode, settings.STICKY_SECONDS)
+    if cookie.problem is not None:
+        _bad_cookie(cookie.problem)
+    seen = cookie.seen if settings.MONOTONIC_READS else {}
+    current = sticky.StickyState(mode, known=cookie.positions, pins=cookie.pins, seen=seen)
+    current.had_cookie = sticky.COOKIE_NAME in request.COOKIES
 
-    def loader() -> dict[str, int]:
+    def loader() -> tuple[dict[str, int], dict[str, int]]:
         current.identity = _identity(request)
         if current.identity is None:
-            return {}
-        return stickystore.load(current.identity, [c.name for c in topology().clusters])
+            return {}, {}
+        return stickystore.load_state(current.identity, [c.name for c in topology().clusters])
 
     current.loader = loader
     state.sticky = current
+    session = getattr(request, "session", None)  # set here only by a SessionMiddleware outside this one
+    if session is not None and hasattr(session, "save"):
+        _follow_saves(request, session, state)
+
+
+def _follow_saves(request: Any, session: Any, state: RequestState) -> None:
+    """Make a save of ``session`` after this middleware returned count as this request's write."""
+    original = session.save
+
+    def save(*args: Any, **kwargs: Any) -> Any:
+        if context.current_state() is state or state.response is None:
+            return original(*args, **kwargs)  # inside the request: recorded at its end as usual
+        inner = RequestState(sticky=state.sticky)
+        with context.resumed(inner):
+            result = original(*args, **kwargs)
+        if inner.wrote:
+            _record(request, state.response, state.sticky, inner.wrote, frozenset())
+        return result
+
+    session.save = save
 
 
 def finish(request: Any, response: Any, state: RequestState) -> None:
     """Record this request's writes for its session; release positions every replica has replayed."""
+    state.response = response
     current = state.sticky
     if current is None:
         return
-    released = current.release - state.wrote
-    if not state.wrote and not (released and current.loaded is not None):
+    _record(request, response, current, state.wrote, current.release - state.wrote)
+
+
+def _record(
+    request: Any,
+    response: Any,
+    current: sticky.StickyState,
+    wrote: set[str],
+    released: set[str] | frozenset[str],
+) -> None:
+    """Store what ``wrote`` and ``released`` change for the session, in Redis and in the cookie."""
+    changed = bool(wrote) or current.seen_changed
+    can_release = bool(released) and current.loaded is not None
+    if not changed and not can_release:
         return  # nothing to record or release: no identity lookup (it may load the user)
     identity = current.identity or _identity(request)
-    if state.wrote:
-        recorded = stickystore.positions_to_record(state.wrote, current.mode)
-        if identity is not None:
-            for cluster, position in recorded.items():
+    positions = dict(current.known)
+    if wrote:
+        recorded, failed = stickystore.record(wrote, current.mode)
+        now = time.time()
+        for cluster, position in recorded.items():
+            if identity is not None:
                 stickystore.advance(identity, cluster, position)
-        # the cookie always carries the positions too: Redis may be down now or at the next request
-        _set_cookie(response, sticky.merge(current.known, recorded), current.mode)
-    if released and current.loaded is not None:
+            if current.mode == "lsn":  # everything the request read is at or before its write's position
+                current.seen[cluster] = sticky.Seen("", now, now, position)
+                current.seen_changed = True
+        for cluster, exc in failed:
+            _pin(identity, current, cluster, exc)
+        positions = sticky.merge(positions, recorded)
+        current.known = positions
+    if can_release:
         for cluster in released:
-            position = current.loaded.get(cluster)
-            if identity is not None and position is not None:
-                stickystore.release(identity, cluster, position)
-        if current.known and not state.wrote:
-            remaining = {c: p for c, p in current.known.items() if c not in released}
-            if remaining:
-                _set_cookie(response, remaining, current.mode)
-            else:
-                response.delete_cookie(sticky.COOKIE_NAME, samesite="Lax")
+            stored = current.loaded.get(cluster) if current.loaded is not None else None
+            if identity is not None and stored is not None:
+                stickystore.release(identity, cluster, stored)
+            positions.pop(cluster, None)
+        current.known = positions
+    _set_cookie(response, current, positions)
 
 
-def _set_cookie(response: Any, positions: dict[str, int], mode: str) -> None:
+def _pin(identity: str | None, current: sticky.StickyState, cluster: str, exc: Exception) -> None:
+    """Pin the session's reads of ``cluster`` to the primary: its write's position is unknown."""
+    deadline = int((time.time() + settings.STICKY_SECONDS) * 1000)
+    current.pins[cluster] = deadline
+    current.loaded_pins[cluster] = deadline
+    primary = next((c.primary for c in topology().clusters if c.name == cluster), cluster)
+    current.seen[cluster] = sticky.Seen(primary, time.time(), time.time(), 0)
+    current.seen_changed = True
+    if identity is not None:
+        stickystore.pin(identity, cluster, deadline)
+    stats.incr("sticky_pins", cluster)
+    logger.warning(
+        "the primary's position could not be read after a write on %s (%s): the session reads from "
+        "the primary for %g s",
+        cluster, " ".join(str(exc).split()) or type(exc).__name__, settings.STICKY_SECONDS,
+        extra={"replicarouter_event": "sticky_pin", "replicarouter_cluster": cluster},
+    )  # fmt: skip
+
+
+def _set_cookie(response: Any, current: sticky.StickyState, positions: dict[str, int]) -> None:
+    content = current.cookie(positions, horizon=settings.CHECK_INTERVAL)
+    if not content.positions and not content.pins and not content.seen:
+        if current.had_cookie:
+            response.delete_cookie(sticky.COOKIE_NAME, samesite="Lax")
+        return
     response.set_cookie(
         sticky.COOKIE_NAME,
-        sticky.encode_cookie(positions, mode),
+        sticky.write_cookie(content, current.mode),
         max_age=int(settings.STICKY_SECONDS),
         httponly=True,
         samesite="Lax",

@@ -13,9 +13,11 @@ position (one Redis call per request, see ``sticky``), made only when the rules 
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-from replicarouter.conf import routing, topology
+from replicarouter.conf import routing, settings, topology
 from replicarouter.health import monitor
 from replicarouter.health import store as health
 from replicarouter.observability import stats
@@ -78,16 +80,12 @@ def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
     in_atomic = context.in_atomic(cluster.primary)
     wrote = context.wrote(cluster.name)
     if selection.primary_only(cluster, forced, in_atomic, wrote):
+        if forced != context.REPLICA:
+            observe(cluster, cluster.primary)
         return cluster.primary  # before starting the monitor or loading the session's position
     monitor.ensure_running()
     usable = health.usable_replicas(cluster.name)
-    sticky_state: sticky.StickyState | None = None
-    required = None
-    if forced != context.REPLICA:  # use_replica() ignores the position: do not load it
-        state = context.current_state()
-        if state is not None and state.sticky is not None:
-            sticky_state = state.sticky
-            required = sticky_state.required(cluster.name)
+    limits = _limits(cluster, forced)
     route = selection.route_read(
         cluster,
         balance,
@@ -95,13 +93,111 @@ def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
         in_atomic=in_atomic,
         wrote=wrote,
         usable=usable,
-        sticky_mode=sticky_state.mode if sticky_state is not None else "lsn",
-        required=required,
+        sticky_mode=limits.mode,
+        required=limits.required,
         positions=health.positions(cluster.name),
         lag=health.lag_seconds(cluster.name),
+        pinned=limits.pinned,
+        replayed=limits.replayed,
+        monotonic=limits.monotonic,
+        prefer=limits.prefer,
     )
     if route.sticky is not None:
         stats.incr("sticky_decisions", cluster.name, route.sticky)
-    if route.release and sticky_state is not None:
-        sticky_state.release.add(cluster.name)
+    if limits.state is not None:
+        if route.release:
+            limits.state.release.add(cluster.name)
+        if settings.MONOTONIC_READS:
+            limits.state.observe(cluster.name, route.alias, limits.bound)
     return route.alias
+
+
+class _Limits(NamedTuple):
+    """What the session's state allows a read of one cluster (all None/False: no restriction)."""
+
+    state: sticky.StickyState | None = None
+    mode: str = "lsn"
+    required: int | None = None
+    pinned: bool = False
+    replayed: Mapping[str, int | None] | None = None
+    monotonic: frozenset[str] | None = None
+    prefer: str | None = None
+    bound: int | None = None
+
+
+_FREE = _Limits()
+
+
+def _limits(cluster: Cluster, forced: str | None) -> _Limits:
+    """Return what this context's session allows a read of ``cluster`` (``use_replica()``: nothing)."""
+    if forced == context.REPLICA:  # use_replica() ignores the position: do not load it
+        return _FREE
+    state = context.current_state()
+    if state is None or state.sticky is None:
+        return _FREE
+    current: sticky.StickyState = state.sticky
+    required = current.required(cluster.name)
+    pinned = current.pinned(cluster.name)
+    replayed = _replayed(cluster) if required is not None and current.mode == "lsn" else None
+    seen = current.seen.get(cluster.name) if settings.MONOTONIC_READS else None
+    if seen is None:
+        return _Limits(current, current.mode, required, pinned, replayed)
+    bound, stay = _bound(cluster, seen)
+    allowed = sticky.monotonic_allowed(
+        seen, cluster.replicas, health.positions(cluster.name), bound=bound, stay=stay
+    )
+    return _Limits(current, current.mode, required, pinned, replayed, allowed, seen.node or None, bound)
+
+
+def _bound(cluster: Cluster, seen: sticky.Seen) -> tuple[int | None, bool]:
+    """Return ``switch_bound`` of ``seen`` from the health snapshot, and whether its node may stay."""
+    snapshot = health.snapshot(cluster.name)
+    nodes = snapshot.nodes if snapshot is not None else {}
+    last = _probe(nodes.get(seen.node)) if seen.node else None
+    writer = snapshot.writer if snapshot is not None else None
+    bound = sticky.switch_bound(seen, last, _probe(nodes.get(writer)) if writer else None)
+    return bound, bool(seen.node) and sticky.stays(seen, last)
+
+
+def _probe(node: Any) -> sticky.Probe | None:
+    if node is None or node.failures:
+        return None
+    return sticky.Probe(node.probed_at, node.position, node.started_at)
+
+
+def _replayed(cluster: Cluster) -> dict[str, int | None]:
+    """Return the replicas' positions a fresh snapshot knows from successful probes."""
+    snapshot = health.snapshot(cluster.name)
+    if snapshot is None or snapshot.stale():
+        return {}
+    return {
+        alias: node.position
+        for alias, node in snapshot.nodes.items()
+        if alias in cluster.replicas and not node.failures and node.checked_at is not None
+    }
+
+
+def observe(cluster: Cluster, node: str) -> None:
+    """Record that this context's session read ``cluster`` from ``node`` (monotonic reads)."""
+    state = context.current_state()
+    if state is None or state.sticky is None or not settings.MONOTONIC_READS:
+        return
+    current: sticky.StickyState = state.sticky
+    seen = current.seen.get(cluster.name)
+    if seen is not None and seen.node == node and time.time() <= seen.until:
+        return
+    current.observe(cluster.name, node, None if seen is None else _bound(cluster, seen)[0])
+
+
+def fallback_candidates(cluster: Cluster, alias: str) -> frozenset[str]:
+    """Return the replicas that may lend reads of ``alias`` to this context: usable, caught up with the
+    session's position, allowed by monotonic reads (the primary, always allowed, comes after them)."""
+    usable = health.usable_replicas(cluster.name) - {alias}
+    limits = _limits(cluster, context.forced_mode())
+    if limits.pinned or (limits.required is not None and limits.mode == "time"):
+        return frozenset()
+    if limits.required is not None:
+        usable = sticky.caught_up(usable, health.positions(cluster.name), limits.required)
+    if limits.monotonic is not None:
+        usable &= limits.monotonic
+    return usable

@@ -23,7 +23,7 @@ import random
 from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
-from replicarouter.sticky.policy import caught_up
+from replicarouter.sticky.policy import caught_up, released
 
 from .context import PRIMARY, REPLICA
 from .topology import Cluster
@@ -117,30 +117,47 @@ def route_read(
     required: int | None = None,
     positions: Mapping[str, int | None] | None = None,
     lag: Mapping[str, float] | None = None,
+    pinned: bool = False,
+    replayed: Mapping[str, int | None] | None = None,
+    monotonic: frozenset[str] | None = None,
+    prefer: str | None = None,
 ) -> ReadRoute:
     """Return where a read on ``cluster`` goes (see the module docstring for the rules).
 
     ``usable`` are the replicas the health snapshot allows; ``required`` is the session's position on
     this cluster (a WAL position, or a pin deadline when ``sticky_mode`` is ``"time"``), None when it has
-    none; ``positions`` are the replicas' replayed positions and ``lag`` their lag in seconds. A caller
-    may leave out what ``primary_only`` makes unnecessary, and the position under ``use_replica()``,
-    which ignores it.
+    none; ``positions`` are the replicas' replayed positions and ``lag`` their lag in seconds.
+    ``pinned``: the session is pinned to the primary (its last write's position could not be read).
+    ``replayed``: the positions a fresh snapshot knows from successful probes (release is decided on
+    them: every configured replica must be in it, past ``required``). ``monotonic``: the replicas the
+    session may read without going back in time (None: no restriction), ``prefer`` the one it read
+    last (kept while allowed). A caller may leave out what ``primary_only`` makes unnecessary, and the
+    session's state under ``use_replica()``, which ignores it.
     """
     primary = cluster.primary
     if primary_only(cluster, forced, in_atomic, wrote):
         return ReadRoute(primary)
     sticky: str | None = None
     release = False
-    if required is not None and forced != REPLICA:
-        if sticky_mode == "time":
-            return ReadRoute(primary, "primary")  # pinned to the primary until the deadline
-        eligible = caught_up(usable, positions or {}, required)
-        if not eligible:
+    if forced != REPLICA:
+        if pinned:
             return ReadRoute(primary, "primary")
-        sticky = "replica"
-        # the position can go only when no usable replica could still serve a stale read
-        release = eligible == usable
-        usable = eligible
+        if required is not None:
+            if sticky_mode == "time":
+                return ReadRoute(primary, "primary")  # pinned to the primary until the deadline
+            eligible = caught_up(usable, positions or {}, required)
+            # the position goes only when no replica, usable now or not, could still serve a stale read
+            release = released(required, cluster.replicas, replayed or {})
+            if not eligible:
+                return ReadRoute(primary, "primary", release)
+            sticky = "replica"
+            usable = eligible
+        if monotonic is not None:
+            usable = usable & monotonic
+            if not usable:
+                return ReadRoute(primary, sticky and "primary", release)
+            if prefer is not None and prefer in usable:
+                return ReadRoute(prefer, sticky, release)
     if balance == "round_robin":
         choice = round_robin(cluster, usable)
     elif balance == "random":
@@ -153,7 +170,8 @@ def route_read(
 def fallback_replica(cluster: Cluster, alias: str, usable: Collection[str]) -> str | None:
     """Return the replica that lends reads of replica ``alias`` whose server failed (None: the primary).
 
-    The first other usable replica in configuration order. Only that one is tried before the primary,
-    each failed connection attempt costing up to ``CONNECT_TIMEOUT``.
+    The first other replica in configuration order among ``usable``, which the caller restricts as it
+    restricts the router's choice (health, the session's position, monotonic reads). Only that one is
+    tried before the primary, each failed connection attempt costing up to ``CONNECT_TIMEOUT``.
     """
     return next((other for other in cluster.replicas if other != alias and other in usable), None)

@@ -51,17 +51,63 @@ def _store_error(message: str, exc: Exception) -> None:
     logger.warning(message, exc, extra={"replicarouter_event": "sticky_store_error"})
 
 
-def load(identity: str, clusters: list[str]) -> dict[str, int]:
-    """Return the stored positions of ``identity`` (one MGET); {} on any Redis error."""
+def _pin_key(cluster: str, identity: str) -> str:
+    return shared_redis.key("sticky-pin", cluster, identity)
+
+
+def _integer(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
+
+
+def load_state(identity: str, clusters: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Return the stored positions and primary pins of ``identity`` (one MGET); nothing on a Redis error.
+
+    A value that is not a non-negative integer is ignored, counted and logged.
+    """
     redis_client = client()
     if redis_client is None or not clusters:
-        return {}
+        return {}, {}
+    keys = [_key(c, identity) for c in clusters] + [_pin_key(c, identity) for c in clusters]
     try:
-        values = redis_client.mget([_key(c, identity) for c in clusters])
+        values = redis_client.mget(keys)
     except Exception as exc:
         _store_error("sticky positions unavailable (redis: %s): relying on the signed cookie", exc)
-        return {}
-    return {c: int(v) for c, v in zip(clusters, values, strict=True) if v is not None}
+        return {}, {}
+    found: list[dict[str, int]] = [{}, {}]
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        number = _integer(value)
+        cluster = clusters[index % len(clusters)]
+        if number is None:
+            stats.incr("sticky_bad_values")
+            logger.warning(
+                "ignoring a sticky value that is not a position at %s", keys[index],
+                extra={"replicarouter_event": "bad_sticky_value"},
+            )  # fmt: skip
+            continue
+        found[index // len(clusters)][cluster] = number
+    return found[0], found[1]
+
+
+def load(identity: str, clusters: list[str]) -> dict[str, int]:
+    """Return the stored positions of ``identity`` (one MGET); {} on any Redis error."""
+    return load_state(identity, clusters)[0]
+
+
+def pin(identity: str, cluster: str, deadline_ms: int) -> None:
+    """Store that ``identity``'s reads of ``cluster`` stay on the primary until ``deadline_ms``."""
+    redis_client = client()
+    if redis_client is None:
+        return
+    try:
+        redis_client.set(_pin_key(cluster, identity), deadline_ms, px=int(settings.STICKY_SECONDS * 1000))
+    except Exception as exc:
+        _store_error("could not store a primary pin (redis: %s): the signed cookie carries it", exc)
 
 
 def advance(identity: str, cluster: str, position: int) -> bool:
@@ -102,9 +148,33 @@ def primary_position(alias: str) -> int:
 
 
 def positions_to_record(wrote: set[str], mode: str) -> dict[str, int]:
-    """Return, for each cluster written, what to remember: the WAL position or the pin deadline (ms)."""
+    """Return, for each cluster written, what to remember: the WAL position or the pin deadline (ms).
+
+    Raises when a primary's position cannot be read (``record`` does not).
+    """
+    recorded, failed = record(wrote, mode)
+    if failed:
+        raise failed[0][1]
+    return recorded
+
+
+def record(wrote: set[str], mode: str) -> tuple[dict[str, int], list[tuple[str, Exception]]]:
+    """Return what ``positions_to_record`` returns, and the clusters whose position could not be read.
+
+    Never raises: a primary that died after the commit must not turn a committed write into an error
+    (the caller pins those clusters to the primary for ``STICKY_SECONDS`` instead).
+    """
     if mode == "time":
         deadline = int((time.time() + settings.STICKY_SECONDS) * 1000)
-        return dict.fromkeys(wrote, deadline)
+        return dict.fromkeys(wrote, deadline), []
     by_name = {c.name: c for c in topology().clusters}
-    return {name: primary_position(by_name[name].primary) for name in wrote if name in by_name}
+    recorded: dict[str, int] = {}
+    failed: list[tuple[str, Exception]] = []
+    for name in sorted(wrote):
+        if name not in by_name:
+            continue
+        try:
+            recorded[name] = primary_position(by_name[name].primary)
+        except Exception as exc:
+            failed.append((name, exc))
+    return recorded, failed

@@ -252,7 +252,7 @@ def test_every_check_id_fires():
         "replicarouter.W010": (dbs, None, [checks.ROUTER], []),
         "replicarouter.W011": (dbs, {}, [], [checks.MIDDLEWARE]),
         "replicarouter.W012": ({**dbs, "replica1": _alias()}, None, *wired),
-        "replicarouter.W013": (dbs, None, [checks.ROUTER], [checks.MIDDLEWARE, session]),
+        "replicarouter.W013": (dbs, None, [checks.ROUTER], ["my.Middleware", checks.MIDDLEWARE]),
         "replicarouter.W014": (dbs, {"PROMOTE_AFTER": 5}, *wired),
     }  # fmt: skip
     for table in (REPLICAROUTER_OPTIONS, POOL_OPTIONS):

@@ -148,16 +148,35 @@ def test_position_restricts_reads_to_replicas_that_replayed_it(balance):
     assert routes == {ReadRoute("r2", "replica", False)}
 
 
-def test_position_is_released_when_every_usable_replica_replayed_it():
+def test_position_is_released_when_every_replica_replayed_it():
+    positions = {"r1": 100, "r2": 150}
     route = route_read(
-        TWO, "round_robin", usable=frozenset({"r1", "r2"}), required=100, positions={"r1": 100, "r2": 150}
+        TWO, "round_robin", usable=frozenset(positions), required=100, positions=positions, replayed=positions
     )
     assert route == ReadRoute("r1", "replica", True)
 
 
-def test_release_ignores_replicas_that_are_not_usable():
-    route = route_read(TWO, "round_robin", usable=frozenset({"r2"}), required=100, positions={"r2": 100})
-    assert route == ReadRoute("r2", "replica", True)
+def test_release_waits_for_replicas_that_are_not_usable():
+    # issue 16: r1 is down (or lagging, or suspect) and behind; released now, the session would read
+    # stale data from it the moment it is usable again within MAX_LAG_SECONDS
+    usable = frozenset({"r2"})
+    route = route_read(
+        TWO, "round_robin", usable=usable, required=100, positions={"r2": 100}, replayed={"r2": 100}
+    )
+    assert route == ReadRoute("r2", "replica", False)
+    behind = route_read(
+        TWO, "round_robin", usable=usable, required=100, positions={"r2": 100}, replayed={"r1": 99, "r2": 100}
+    )
+    assert behind == ReadRoute("r2", "replica", False)
+    known = route_read(
+        TWO,
+        "round_robin",
+        usable=usable,
+        required=100,
+        positions={"r2": 100},
+        replayed={"r1": 100, "r2": 100},
+    )
+    assert known == ReadRoute("r2", "replica", True)
 
 
 def test_a_caught_up_replica_that_is_not_usable_is_not_read():
@@ -235,7 +254,10 @@ def snapshot_of(monkeypatch):
     monkeypatch.setattr(monitor, "ensure_running", lambda: started.append(True))
 
     def install(c: Cluster, usable: set[str], positions: dict[str, int]) -> list[bool]:
-        nodes = {a: NodeHealth(a, "replica", state="up") for a in c.replicas}
+        nodes = {
+            a: NodeHealth(a, "replica", state="up", checked_at=time.time(), position=positions.get(a))
+            for a in c.replicas
+        }
         health.set_snapshot(
             c.name,
             health.Snapshot(
@@ -256,9 +278,9 @@ def snapshot_of(monkeypatch):
 
 
 def session(c: Cluster, position: int, loads: list[int]) -> sticky.StickyState:
-    def loader() -> dict[str, int]:
+    def loader() -> tuple[dict[str, int], dict[str, int]]:
         loads.append(1)
-        return {c.name: position}
+        return {c.name: position}, {}
 
     return sticky.StickyState(mode="lsn", loader=loader)
 

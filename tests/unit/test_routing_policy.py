@@ -166,7 +166,7 @@ def test_invalid_setting_messages_name_the_key_the_value_and_the_rule():
     assert [(m.id, m.msg, m.hint) for m in messages] == [
         ("replicarouter.E018", "REPLICAROUTER has unknown keys ['X'].",
          "Valid keys: CLUSTERS, REDIS_URL, KEY_PREFIX, CHECK_INTERVAL, CHECK_TIMEOUT, MAX_LAG_SECONDS, "
-         "MAX_LAG_BYTES, FALL, RISE, STICKY, STICKY_SECONDS, STICKY_SCOPE, BALANCE, READ_TIMEOUT, "
+         "MAX_LAG_BYTES, FALL, RISE, STICKY, STICKY_SECONDS, MONOTONIC_READS, STICKY_SCOPE, BALANCE, READ_TIMEOUT, "
          "RETRY_READS, CONNECT_TIMEOUT, PROMOTE_AFTER."),
         ("replicarouter.E030", "REPLICAROUTER['REDIS_URL'] is 1; it must be a string or None.",
          "For example 'redis://localhost:6379/0'."),
@@ -203,22 +203,23 @@ def test_promote_after_needs_redis():
     assert checks.topology_messages(DBS, optional_off, [checks.ROUTER], [checks.MIDDLEWARE]) == []
 
 
-def test_middleware_order_warning():
+def test_middleware_order_warning_names_the_middleware_outside_ours_that_may_write():
     session = "django.contrib.sessions.middleware.SessionMiddleware"
     auth = "django.contrib.auth.middleware.AuthenticationMiddleware"
-    wrong = [checks.MIDDLEWARE, session, auth]
-    assert [m.id for m in checks.topology_messages(DBS, {}, [checks.ROUTER], wrong)] == ["replicarouter.W013"]
-    user_scope = {"STICKY_SCOPE": "user"}
-    ids = [
-        m.id
-        for m in checks.topology_messages(
-            DBS, user_scope, [checks.ROUTER], [session, checks.MIDDLEWARE, auth]
-        )
-    ]
-    assert ids == ["replicarouter.W013"]
-    assert (
-        checks.topology_messages(DBS, user_scope, [checks.ROUTER], [session, auth, checks.MIDDLEWARE]) == []
+    security = "django.middleware.security.SecurityMiddleware"
+    audit = "myproject.middleware.AuditLogMiddleware"
+    for order in (
+        [checks.MIDDLEWARE, session, auth],
+        [security, checks.MIDDLEWARE, session, auth],
+        [security, session, auth, checks.MIDDLEWARE],  # session saves are followed in either order
+        [session, checks.MIDDLEWARE, auth, audit],  # inside ours: its writes are seen
+    ):
+        assert checks.topology_messages(DBS, {"STICKY_SCOPE": "user"}, [checks.ROUTER], order) == [], order
+    messages = checks.topology_messages(
+        DBS, {}, [checks.ROUTER], [security, audit, session, checks.MIDDLEWARE]
     )
+    assert [m.id for m in messages] == ["replicarouter.W013"]
+    assert audit in messages[0].msg and session not in messages[0].msg and security not in messages[0].msg
 
 
 def test_every_check_id_is_declared_once():

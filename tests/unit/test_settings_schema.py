@@ -71,6 +71,7 @@ def test_requirements_in_words():
         "RISE": "a positive integer",
         "STICKY": "one of 'lsn', 'time', 'off'",
         "STICKY_SECONDS": "a positive number",
+        "MONOTONIC_READS": "True or False",
         "STICKY_SCOPE": "one of 'session', 'user'",
         "BALANCE": "one of 'round_robin', 'random', 'least_lag'",
         "READ_TIMEOUT": "a positive number or None",

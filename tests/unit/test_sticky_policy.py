@@ -95,7 +95,9 @@ def test_identity_is_the_hmac_of_scope_and_value():
 
 
 def test_state_merges_the_loaded_positions_with_the_known_ones():
-    state = sticky.StickyState("lsn", known={"a": 10, "b": 50}, loader=lambda: {"a": 20, "b": 40, "c": 5})
+    state = sticky.StickyState(
+        "lsn", known={"a": 10, "b": 50}, loader=lambda: ({"a": 20, "b": 40, "c": 5}, {})
+    )
     assert (state.required("a"), state.required("b"), state.required("c")) == (20, 50, 5)
     assert state.loaded == {"a": 20, "b": 50, "c": 5}
     assert sticky.StickyState("lsn").required("a") is None  # neither cookie nor store

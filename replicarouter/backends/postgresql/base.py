@@ -76,7 +76,9 @@ class DatabaseWrapper(UnitOfWorkWrapper):
             and not cached[2].disposed
         ):
             return cached[2]
-        pool = pools.registry.get(self.alias, self.pool_options, params, lambda: psycopg2.connect(**params))
+        pool = pools.registry.get(
+            self.alias, self.pool_options, params, lambda: nodes.connect(self.alias, params)
+        )
         self._pool_cache = (pool_setting, dict(params), pool)
         return pool
 

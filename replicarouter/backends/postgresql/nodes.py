@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 
 from replicarouter import pool as pools
+from replicarouter.conf import topology
+from replicarouter.exceptions import ConfigurationError
 from replicarouter.health import store as health
 from replicarouter.observability import stats
-from replicarouter.routing import selection
+from replicarouter.routing import router, selection
 from replicarouter.routing.topology import Cluster
 
 if TYPE_CHECKING:
@@ -53,10 +55,55 @@ def first_line(exc: BaseException | None) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: the server's start time, as the monitor's probe reads it (the same expression: equal when unchanged)
+STARTED_SQL = "SELECT extract(epoch FROM pg_postmaster_start_time())"
+
+
+def connect(alias: str, params: dict[str, Any]) -> Any:
+    """Open a new driver connection for the pool of ``alias``; refuse a replica restarted since its probe.
+
+    A standby that restarts comes back at its last restart point, possibly behind the position the
+    health snapshot still shows for it; reads routed by that position would be stale. So a new
+    connection to a replica alias whose server started after the one the monitor last probed is closed
+    and refused (``OperationalError``: the caller falls back, and the alias is a suspect of this process
+    until a probe of the new server). Existing connections need no check: a restart broke them.
+    """
+    conn = psycopg2.connect(**params)
+    try:
+        cluster = topology().by_alias.get(alias)
+    except ConfigurationError:
+        return conn
+    if cluster is None or alias not in cluster.replicas:
+        return conn
+    node = health.node(cluster.name, alias)
+    known = None if node is None else node.started_at
+    if known is None:
+        return conn
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(STARTED_SQL)
+            started = float(cursor.fetchone()[0])
+        conn.rollback()
+    except Exception:
+        conn.close()
+        raise
+    if abs(started - known) > 1e-3:
+        conn.close()
+        health.suspect(cluster.name, alias)
+        logger.warning(
+            "replica %s restarted after its last probe: not read until the monitor probes it again",
+            alias,
+            extra={"replicarouter_node": alias, "replicarouter_event": "replica_restarted"},
+        )
+        raise psycopg2.OperationalError(f"replica {alias} restarted after its last probe")
+    return conn
+
+
 def borrow_fallback(cluster: Cluster, alias: str, error: Exception | None) -> pools.Borrowed:
     """Lend, for reads of replica ``alias``, a connection to another usable replica, else the primary."""
     failures = [f"{alias}: {first_line(error) if error else 'found broken by an earlier request'}"]
-    replica = selection.fallback_replica(cluster, alias, health.usable_replicas(cluster.name))
+    # the session's position and monotonic reads bind the fallback as they bound the router's choice
+    replica = selection.fallback_replica(cluster, alias, router.fallback_candidates(cluster, alias))
     if replica is not None:
         lender = wrapper(replica)
         try:
@@ -65,6 +112,7 @@ def borrow_fallback(cluster: Cluster, alias: str, error: Exception | None) -> po
             health.suspect(cluster.name, replica)
             failures.append(f"{replica}: {first_line(exc)}")
         else:
+            router.observe(cluster, replica)
             stats.incr("read_fallbacks", alias)
             logger.warning(
                 "replica %s unavailable (%s): its reads go to %s",
@@ -76,6 +124,7 @@ def borrow_fallback(cluster: Cluster, alias: str, error: Exception | None) -> po
         cluster, context="no replica could serve the read either (" + "; ".join(failures) + "); "
     )
     _make_read_only(borrowed)
+    router.observe(cluster, cluster.primary)
     stats.incr("read_fallbacks", alias)
     logger.warning(
         "replicas unavailable (%s): reads of %s go to the primary (%s)",
