@@ -112,10 +112,10 @@ def settings_problems(values: Any) -> list[Problem]:
     return problems
 
 
-_cache: tuple[Any, Any, topology_module.Topology, str] | None = None
+_cache: tuple[Any, Any, topology_module.Topology, str, bool] | None = None
 
 
-def _routing() -> tuple[Any, Any, topology_module.Topology, str]:
+def _routing() -> tuple[Any, Any, topology_module.Topology, str, bool]:
     global _cache
     databases = django_settings.DATABASES
     values = getattr(django_settings, "REPLICAROUTER", None)
@@ -127,7 +127,7 @@ def _routing() -> tuple[Any, Any, topology_module.Topology, str]:
     if problems:
         details = "; ".join(f"{p.id}: {p.msg}" for p in problems)
         raise ConfigurationError(f"invalid replicarouter topology: {details} (run `manage.py check`)")
-    _cache = (databases, values, built, settings.BALANCE)
+    _cache = (databases, values, built, settings.BALANCE, settings.MONOTONIC_READS)
     return _cache
 
 
@@ -140,6 +140,11 @@ def routing() -> tuple[topology_module.Topology, str]:
     """Return the topology and the BALANCE policy, cached together for the router's hot path."""
     cached = _routing()
     return cached[2], cached[3]
+
+
+def monotonic_reads() -> bool:
+    """Return ``MONOTONIC_READS``, cached with the topology for the router's hot path."""
+    return _routing()[4]
 
 
 def reset(**kwargs: Any) -> None:

@@ -12,5 +12,11 @@ urlpatterns = [
     path("load/read/", views.load_read),
     path("load/transaction/", views.load_transaction),
     path("load/hold/", views.load_hold),
+    path("session/put/", views.session_put),
+    path("session/get/", views.session_get),
+    path("login/", views.log_in),
+    path("whoami/", views.whoami),
+    path("sticky/write-then-hook/", views.write_then_hook),
+    path("sticky/unseen-write/", views.unseen_write),
     path("metrics", metrics_view),
 ]

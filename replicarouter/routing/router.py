@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from replicarouter.conf import routing, settings, topology
+from replicarouter.conf import monotonic_reads, routing, topology
 from replicarouter.health import monitor
 from replicarouter.health import store as health
 from replicarouter.observability import stats
@@ -107,7 +107,7 @@ def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
     if limits.state is not None:
         if route.release:
             limits.state.release.add(cluster.name)
-        if settings.MONOTONIC_READS:
+        if monotonic_reads():
             limits.state.observe(cluster.name, route.alias, limits.bound)
     return route.alias
 
@@ -139,7 +139,7 @@ def _limits(cluster: Cluster, forced: str | None) -> _Limits:
     required = current.required(cluster.name)
     pinned = current.pinned(cluster.name)
     replayed = _replayed(cluster) if required is not None and current.mode == "lsn" else None
-    seen = current.seen.get(cluster.name) if settings.MONOTONIC_READS else None
+    seen = current.seen.get(cluster.name) if monotonic_reads() else None
     if seen is None:
         return _Limits(current, current.mode, required, pinned, replayed)
     bound, stay = _bound(cluster, seen)
@@ -180,7 +180,7 @@ def _replayed(cluster: Cluster) -> dict[str, int | None]:
 def observe(cluster: Cluster, node: str) -> None:
     """Record that this context's session read ``cluster`` from ``node`` (monotonic reads)."""
     state = context.current_state()
-    if state is None or state.sticky is None or not settings.MONOTONIC_READS:
+    if state is None or state.sticky is None or not monotonic_reads():
         return
     current: sticky.StickyState = state.sticky
     seen = current.seen.get(cluster.name)

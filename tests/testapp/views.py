@@ -1,7 +1,11 @@
 """Views for routing tests: each reports the port of the server that answered each read."""
 
+from collections.abc import Callable
+
 from django.db.models.expressions import RawSQL
 from django.http import JsonResponse
+
+from replicarouter import mark_written, use_primary
 
 from .models import Item
 
@@ -89,3 +93,62 @@ def load_hold(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(%s)", [float(request.GET.get("seconds", "1"))])
     return JsonResponse({"ok": True})
+
+
+def session_put(request):
+    """Change only the session (Django's database sessions: SessionMiddleware saves it after the view)."""
+    request.session["cart"] = request.GET["v"]
+    return JsonResponse({"ok": True})
+
+
+def session_get(request):
+    """Return what the session holds (loaded through the router: a replica unless the session wrote)."""
+    return JsonResponse({"cart": request.session.get("cart")})
+
+
+def log_in(request):
+    """Log the user named ``u`` in (``login()`` cycles the session key; the session is saved after)."""
+    from django.contrib.auth import login
+    from django.contrib.auth.models import User
+
+    with use_primary():
+        user = User.objects.get(username=request.GET["u"])
+    login(request, user)
+    return JsonResponse({"ok": True})
+
+
+def whoami(request):
+    """Return the logged-in user's name ("" when anonymous)."""
+    return JsonResponse({"user": request.user.username if request.user.is_authenticated else ""})
+
+
+#: called by ``write_then_hook`` after its write committed (a test installs the fault it needs)
+AFTER_WRITE: list[Callable[[], None]] = []
+
+
+def write_then_hook(request):
+    """Write a row, run the test's hooks (faults after the commit), return the row's id."""
+    item = Item.objects.create(name=request.GET.get("name", "hooked"))
+    for hook in AFTER_WRITE:
+        hook()
+    return JsonResponse({"id": item.pk})
+
+
+def unseen_write(request):
+    """Insert a row through a connection of its own (no parser sees it); ``mark`` says mark_written()."""
+    import psycopg2
+    from django.db import connections
+
+    params = connections["default"].get_connection_params()
+    conn = psycopg2.connect(**params)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO testapp_item (name, n) VALUES (%s, 0) RETURNING id", [request.GET["name"]]
+            )
+            item_id = cursor.fetchone()[0]
+    finally:
+        conn.close()
+    if request.GET.get("mark"):
+        mark_written()
+    return JsonResponse({"id": item_id})

@@ -218,7 +218,6 @@ def test_every_check_id_fires():
     assert len(set(checks.CHECK_IDS)) == len(checks.CHECK_IDS)
     dbs = {"default": _alias(), "replica1": _alias(TEST={"MIRROR": "default"})}
     plain = {"ENGINE": "django.db.backends.postgresql", "NAME": "a"}
-    session = "django.contrib.sessions.middleware.SessionMiddleware"
 
     def clusters(value):
         return {"CLUSTERS": value}

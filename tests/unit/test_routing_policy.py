@@ -166,8 +166,8 @@ def test_invalid_setting_messages_name_the_key_the_value_and_the_rule():
     assert [(m.id, m.msg, m.hint) for m in messages] == [
         ("replicarouter.E018", "REPLICAROUTER has unknown keys ['X'].",
          "Valid keys: CLUSTERS, REDIS_URL, KEY_PREFIX, CHECK_INTERVAL, CHECK_TIMEOUT, MAX_LAG_SECONDS, "
-         "MAX_LAG_BYTES, FALL, RISE, STICKY, STICKY_SECONDS, MONOTONIC_READS, STICKY_SCOPE, BALANCE, READ_TIMEOUT, "
-         "RETRY_READS, CONNECT_TIMEOUT, PROMOTE_AFTER."),
+         "MAX_LAG_BYTES, FALL, RISE, STICKY, STICKY_SECONDS, MONOTONIC_READS, STICKY_SCOPE, BALANCE, "
+         "READ_TIMEOUT, RETRY_READS, CONNECT_TIMEOUT, PROMOTE_AFTER."),
         ("replicarouter.E030", "REPLICAROUTER['REDIS_URL'] is 1; it must be a string or None.",
          "For example 'redis://localhost:6379/0'."),
         ("replicarouter.E036", "REPLICAROUTER['FALL'] is 0; it must be a positive integer.",

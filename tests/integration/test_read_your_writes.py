@@ -1,0 +1,227 @@
+"""Read-your-writes where 0.1 lost it (issue 16), on the real cluster with replay paused on both replicas.
+
+Each test names the fault and checks what the user sees (the next request's read) and what was logged
+or counted. With both replicas paused every replica read is stale: a session whose write is not
+honoured sees it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client, override_settings
+
+from replicarouter.health import store as health
+from replicarouter.observability import stats
+from replicarouter.sticky import policy as sticky
+from replicarouter.testing.base import wait_for
+from tests.helpers import routed
+from tests.testapp import views
+from tests.testapp.models import Item
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+SESSION = "django.contrib.sessions.middleware.SessionMiddleware"
+AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
+OURS = "replicarouter.middleware.ReplicaRouterMiddleware"
+ORDERS = {
+    "router-first": [OURS, SESSION, AUTH],
+    "session-first": [SESSION, AUTH, OURS],  # the order 0.1's docs required: session saved after ours
+}
+
+
+@pytest.fixture
+def routing(replica_cluster):
+    with routed(replica_cluster, CHECK_INTERVAL=0.2, CHECK_TIMEOUT=0.4) as values:
+        yield values
+
+
+@pytest.fixture(params=sorted(ORDERS))
+def db_sessions(request, routing):
+    """Django's database sessions (its default engine), our middleware in either order."""
+    with override_settings(
+        SESSION_ENGINE="django.contrib.sessions.backends.db", MIDDLEWARE=ORDERS[request.param]
+    ):
+        yield request.param
+
+
+@pytest.fixture
+def paused(replica_cluster):
+    """Fault: replay paused on both replicas (resumed after the test)."""
+    for name in ("replica1", "replica2"):
+        replica_cluster.pause_replay(name)
+    try:
+        yield
+    finally:
+        for name in ("replica1", "replica2"):
+            replica_cluster.resume_replay(name)
+        replica_cluster.wait_caught_up()
+
+
+def _ports(replica_cluster):
+    return {n.name: n.port for n in replica_cluster.nodes}
+
+
+def test_a_view_that_only_changes_the_session_is_read_back(db_sessions, paused):
+    """Bug: with SessionMiddleware outside ours, the session save after our middleware set no position:
+    30 of 30 new sessions saw an empty cart on the next request."""
+    lost = []
+    for i in range(12):
+        client = Client()
+        assert client.get("/session/put/", {"v": f"c{i}"}).status_code == 200
+        assert sticky.COOKIE_NAME in client.cookies  # the save's position travels in the cookie
+        cart = client.get("/session/get/").json()["cart"]
+        if cart != f"c{i}":
+            lost.append((i, cart))
+    assert lost == []
+
+
+def test_login_is_read_back(db_sessions, paused):
+    """login() cycles the session key; SessionMiddleware saves the user's id after the view."""
+    name = f"u{uuid.uuid4().hex[:8]}"
+    User.objects.create_user(name, password="x")
+    client = Client()
+    assert client.get("/login/", {"u": name}).status_code == 200
+    assert [client.get("/whoami/").json()["user"] for _ in range(3)] == [name] * 3
+
+
+def test_mark_written_makes_a_write_no_parser_sees_read_your_writes(routing, paused):
+    client = Client()
+    unmarked = client.get("/sticky/unseen-write/", {"name": "unmarked"}).json()["id"]
+    # without mark_written() the router cannot know: the next read goes to a (paused) replica
+    assert client.get("/sticky/read/", {"id": unmarked}).json()["found"] is False
+    marked = client.get("/sticky/unseen-write/", {"name": "marked", "mark": "1"}).json()["id"]
+    assert client.get("/sticky/read/", {"id": marked}).json()["found"] is True
+
+
+def test_mark_written_outside_any_cluster_and_unknown_aliases(routing):
+    from replicarouter import mark_written, request_context
+
+    with request_context() as state:
+        mark_written("replica1")
+        assert state.wrote == {"default"}
+    with request_context() as state:
+        mark_written()
+        assert state.wrote == {"default"}
+    with pytest.raises(ValueError, match="nope"):
+        mark_written("nope")
+
+
+def test_a_write_whose_position_cannot_be_read_pins_the_session_to_the_primary(
+    replica_cluster, routing, caplog
+):
+    """Fault: the primary stops after the view's commit, before the middleware reads its position.
+
+    0.1 answered the committed write with HTTP 500 (a client that retries duplicates it). Now: 200, the
+    session pinned to the primary for STICKY_SECONDS (cookie), logged and counted.
+    """
+    ports = _ports(replica_cluster)
+    client = Client()
+    pins = stats.total("sticky_pins")
+    views.AFTER_WRITE.append(lambda: replica_cluster.stop("primary", mode="immediate"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="replicarouter.sticky"):
+            response = client.get("/sticky/write-then-hook/", {"name": "committed"})
+    finally:
+        views.AFTER_WRITE.clear()
+        replica_cluster.start("primary")
+    assert response.status_code == 200
+    item_id = response.json()["id"]
+    assert stats.total("sticky_pins") == pins + 1
+    assert any(getattr(r, "replicarouter_event", None) == "sticky_pin" for r in caplog.records)
+    cookie = sticky.read_cookie(client.cookies[sticky.COOKIE_NAME].value, "lsn", 60)
+    assert set(cookie.pins) == {"default"}
+    replica_cluster.wait_streaming("replica1")
+    replica_cluster.wait_streaming("replica2")
+    wait_for(
+        "the primary writable again", lambda: health.writer("default", "default") == "default", timeout=10
+    )
+    read = client.get("/sticky/read/", {"id": item_id}).json()
+    assert read == {"found": True, "port": ports["primary"]}
+
+
+def test_a_fallback_honours_the_position_only_one_replica_replayed(replica_cluster, routing, caplog):
+    """Fault: replica2 paused, the session's write replayed by replica1 only, then replica1 stopped.
+
+    The router picks replica1 (the only one caught up); its connection fails and the read is lent. 0.1
+    lent it to the first other usable replica, replica2, which lacks the write. Now: the primary.
+    """
+    ports = _ports(replica_cluster)
+    with override_settings(REPLICAROUTER={**routing, "FALL": 1000}):  # replica1 stays "up" while stopped
+        client = Client()
+        replica_cluster.pause_replay("replica2")
+        item_id = client.get("/sticky/write/", {"name": "only-on-replica1"}).json()["id"]
+        required = sticky.decode_cookie(client.cookies[sticky.COOKIE_NAME].value, "lsn", 60)["default"]
+        wait_for(
+            "the snapshot to show replica1 past the write",
+            lambda: (health.positions("default").get("replica1") or 0) >= required,
+            timeout=10,
+        )
+        assert client.get("/sticky/read/", {"id": item_id}).json() == {
+            "found": True,
+            "port": ports["replica1"],
+        }
+        replica_cluster.stop("replica1")
+        fallbacks = stats.total("read_fallbacks")
+        with caplog.at_level(logging.WARNING, logger="replicarouter.failover"):
+            reads = [client.get("/sticky/read/", {"id": item_id}).json() for _ in range(5)]
+        assert reads == [{"found": True, "port": ports["primary"]}] * 5
+        assert stats.total("read_fallbacks") > fallbacks
+        assert any("go to the primary" in r.getMessage() for r in caplog.records)
+
+
+def test_a_position_is_kept_while_a_replica_that_lacks_it_is_down(replica_cluster, routing):
+    """Bug: released when every *usable* replica had it; replica2, down and behind, came back within
+    MAX_LAG_SECONDS and served the session stale data."""
+    client = Client()
+    replica_cluster.pause_replay("replica2")
+    item_id = client.get("/sticky/write/", {"name": "kept"}).json()["id"]
+    required = sticky.decode_cookie(client.cookies[sticky.COOKIE_NAME].value, "lsn", 60)["default"]
+    replica_cluster.stop("replica2")
+    wait_for(
+        "replica2 out of the reads", lambda: "replica2" not in health.usable_replicas("default"), timeout=10
+    )
+    wait_for(
+        "the snapshot to show replica1 past the write",
+        lambda: (health.positions("default").get("replica1") or 0) >= required,
+        timeout=10,
+    )
+    for _ in range(3):
+        assert client.get("/sticky/read/", {"id": item_id}).json()["found"] is True
+    assert sticky.decode_cookie(client.cookies[sticky.COOKIE_NAME].value, "lsn", 60) == {"default": required}
+
+
+def test_a_session_never_reads_older_data_than_it_already_read(replica_cluster, routing):
+    """Fault: replica2 paused; a row written by someone else is on replica1 and the primary only.
+
+    Once the session has read it (from replica1), no later read may miss it: not round-robin onto
+    replica2, and not after replica1 stops either (0.1: every other read missed it).
+    """
+    ports = _ports(replica_cluster)
+    replica_cluster.pause_replay("replica2")
+    item = Item.objects.create(name="someone else's")
+    wait_for(
+        "replica1 to replay the row",
+        lambda: replica_cluster.node("replica1").scalar(
+            f"SELECT count(*) FROM testapp_item WHERE id = {item.pk}"
+        ),
+        timeout=10,
+    )
+    client = Client()
+    first = wait_for(
+        "a read that finds the row",
+        lambda: (r := client.get("/sticky/read/", {"id": item.pk}).json())["found"] and r,
+        timeout=10,
+    )
+    assert first["port"] == ports["replica1"]
+    reads = [client.get("/sticky/read/", {"id": item.pk}).json() for _ in range(20)]
+    assert all(r["found"] for r in reads)
+    assert {r["port"] for r in reads} == {ports["replica1"]}  # it stays on the replica it read
+    replica_cluster.stop("replica1")
+    later = [client.get("/sticky/read/", {"id": item.pk}).json() for _ in range(10)]
+    assert all(r["found"] for r in later)
+    # a new session has seen nothing: it may read replica2
+    assert Client().get("/sticky/read/", {"id": item.pk}).status_code == 200
