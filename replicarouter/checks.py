@@ -13,7 +13,8 @@ replica; E016 app label in two clusters; E017 REPLICAROUTER not a dict; E018 unk
 keys; E030–E046 an invalid value of one REPLICAROUTER key (one id per key, from
 ``settings_schema.REPLICAROUTER_OPTIONS``). Wiring: W010 router without the middleware; W011 replicas
 configured but the router not installed; W012 replica alias without TEST MIRROR; W013 our middleware
-placed after a middleware that may write after the view returned (outside its routing state); W014 PROMOTE_AFTER without REDIS_URL
+placed after a middleware that may write after the view returned (outside its routing state); W014
+PROMOTE_AFTER without REDIS_URL
 (promotion needs the Redis lease that makes one process the cluster's leader, so it would never happen).
 """
 

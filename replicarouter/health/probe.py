@@ -36,7 +36,9 @@ PROBE_SQL = (
     # a primary's timeline: the first 8 hex digits of its current WAL file name (pg_control's
     # checkpoint timeline only changes at the first checkpoint after a promotion)
     "CASE WHEN pg_is_in_recovery() THEN NULL "
-    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
+    # when the server started: a restarted standby may come back behind what it had replayed
+    "extract(epoch FROM pg_postmaster_start_time())"
 )
 
 
@@ -56,6 +58,10 @@ class ProbeResult:
     seconds: float = 0.0
     #: the timeline a primary writes on (None for standbys)
     timeline: int | None = None
+    #: wall-clock time the round started: the position is at least what the node had at that moment
+    probed_at: float | None = None
+    #: when the node's server started (``pg_postmaster_start_time()``, epoch seconds)
+    server_started: float | None = None
 
 
 def lsn_to_int(lsn: str | None) -> int | None:
@@ -77,10 +83,11 @@ class _Target:
         self.phase = "idle"
         self.result: ProbeResult | None = None
 
-    def start(self, started: float) -> None:
+    def start(self, started: float, wall: float | None = None) -> None:
         import psycopg2
 
         self.started = started
+        self.wall = time.time() if wall is None else wall
         self.result = None
         try:
             if self.conn is None or self.conn.closed:
@@ -120,7 +127,7 @@ class _Target:
         return None
 
     def finish(self, row: Any) -> None:
-        in_recovery, position, receive, replay_age, timeline = row
+        in_recovery, position, receive, replay_age, timeline, server_started = row
         self.phase = "done"
         self.result = ProbeResult(
             self.alias,
@@ -131,6 +138,8 @@ class _Target:
             replay_age=None if replay_age is None else float(replay_age),
             seconds=time.monotonic() - self.started,
             timeline=timeline,
+            probed_at=self.wall,
+            server_started=None if server_started is None else float(server_started),
         )
 
     def fail(self, error: str) -> None:
@@ -157,9 +166,10 @@ class Prober:
     def probe(self, timeout: float) -> dict[str, ProbeResult]:
         """Probe every node; return within ``timeout`` seconds (a node that did not answer has failed)."""
         started = time.monotonic()
+        wall = time.time()  # before any query is sent: every position is at least what it was then
         deadline = started + timeout
         for target in self.targets.values():
-            target.start(started)
+            target.start(started, wall)
             self.queries += 1
         while True:
             readers: list[int] = []

@@ -96,11 +96,20 @@ class NodeHealth:
     timeline: int | None = None
     #: a second primary on an older timeline: it gets no traffic at all
     fenced: bool = False
+    #: wall-clock start of the round of its last successful probe (``position`` is at least what the
+    #: node had then: monotonic reads compare it with the time of a session's reads)
+    probed_at: float | None = None
+    #: when its server started (epoch seconds): a restart of a standby can take its position back
+    started_at: float | None = None
 
     def public(self) -> dict[str, Any]:
         """Return the fields ``replicastatus --json`` shows for a node (pool stats are added later)."""
         data = asdict(self)
-        for internal in ("configured_role", "failures", "healthy_streak", "position", "received"):
+        internal_fields = (
+            "configured_role", "failures", "healthy_streak", "position", "received",
+            "probed_at", "started_at",
+        )  # fmt: skip
+        for internal in internal_fields:
             data.pop(internal)
         return data
 
@@ -197,6 +206,8 @@ def next_health(
         position=result.position,
         received=result.receive_position,
         timeline=result.timeline,
+        probed_at=result.probed_at,
+        started_at=result.server_started,
     )
     return updated, reason
 

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, NamedTuple
 
 from replicarouter import redis_client as shared_redis
@@ -33,6 +33,7 @@ from .rules import NodeHealth
 logger = logging.getLogger("replicarouter.health")
 
 LEASE_INTERVALS = 3
+_NODE_FIELDS = frozenset(f.name for f in fields(NodeHealth))
 SNAPSHOT_TTL_INTERVALS = 10
 
 _RENEW = """
@@ -129,7 +130,11 @@ def decode(raw: str | bytes, configured: str) -> Published:
     """
     try:
         payload = json.loads(raw)
-        nodes = {alias: NodeHealth(**data) for alias, data in payload["nodes"].items()}
+        # fields a later release adds are ignored (a rolling deploy runs both releases side by side)
+        nodes = {
+            alias: NodeHealth(**{k: v for k, v in data.items() if k in _NODE_FIELDS})
+            for alias, data in payload["nodes"].items()
+        }
         published_at = float(payload["published_at"])
         writer = payload.get("active", configured)
         election = Election(
