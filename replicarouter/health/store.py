@@ -19,6 +19,7 @@ at most the reads already in flight on it, which are retried elsewhere.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ class Snapshot:
 
 
 _snapshots: dict[str, Snapshot] = {}
+#: how many successful probes of each node are remembered (monotonic reads, ``probe_after``)
+HISTORY = 16
+#: (cluster, alias) → its last successful probes, oldest first: (probed_at, position, started_at)
+_history: dict[tuple[str, str], collections.deque[tuple[float, int, float | None]]] = {}
 _NOTHING: frozenset[str] = frozenset()
 #: (cluster, alias) → wall-clock time a request found the node broken, in this process
 _suspects: dict[tuple[str, str], float] = {}
@@ -128,9 +133,40 @@ def snapshot(cluster: str) -> Snapshot | None:
     return _snapshots.get(cluster)
 
 
+def probe_after(cluster: str, alias: str, moment: float) -> tuple[float, int, float | None] | None:
+    """Return the earliest remembered successful probe of ``alias`` that started after ``moment``.
+
+    ``(probed_at, position, started_at)``, or None when no such probe is remembered. The earliest, not
+    the latest: under steady writes a replica's latest position trails the primary's latest one, but
+    passes its position of a round or two before.
+    """
+    history = _history.get((cluster, alias))
+    if not history:
+        return None
+    for entry in history:
+        if entry[0] > moment:
+            return entry
+    return None
+
+
+def _remember(cluster: str, value: Snapshot) -> None:
+    for alias, node in value.nodes.items():
+        if node.probed_at is None or node.position is None or node.failures:
+            continue
+        history = _history.get((cluster, alias))
+        if history is None:
+            history = _history[(cluster, alias)] = collections.deque(maxlen=HISTORY)
+        if history and history[-1][0] >= node.probed_at:
+            continue  # the same probe again (a snapshot refreshed without a new round), or an older one
+        if history and node.started_at != history[-1][2]:
+            history.clear()  # the server restarted: its earlier positions say nothing about it now
+        history.append((node.probed_at, node.position, node.started_at))
+
+
 def set_snapshot(cluster: str, value: Snapshot) -> None:
     """Install a new snapshot (called by the monitor); clear suspects it proves healthy again."""
     _snapshots[cluster] = value
+    _remember(cluster, value)
     for key, since in list(_suspects.items()):
         name, alias = key
         if name != cluster or alias not in value.usable:
@@ -145,6 +181,7 @@ def clear() -> None:
     """Forget every snapshot and suspect (the monitor stopped, or a forked child starts over)."""
     _snapshots.clear()
     _suspects.clear()
+    _history.clear()
 
 
 runtime.on_reset(clear)

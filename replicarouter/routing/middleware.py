@@ -113,7 +113,26 @@ def finish(request: Any, response: Any, state: RequestState) -> None:
     current = state.sticky
     if current is None:
         return
+    _bound_primary_reads(current, current.primary_reads - state.wrote)
     _record(request, response, current, state.wrote, current.release - state.wrote)
+
+
+def _bound_primary_reads(current: sticky.StickyState, clusters: set[str]) -> None:
+    """Give clusters read from the primary the primary's position now as their monotonic floor.
+
+    Without it, "read the primary until now" could only be bounded by a probe of the primary started
+    after the read, and a session that reads more often than the monitor probes would chase that bound
+    and never get back to a replica. One ``SELECT pg_current_wal_lsn()``; if it fails, the claim stays.
+    """
+    if not clusters or not settings.MONOTONIC_READS:
+        return
+    recorded, _failed = stickystore.record(clusters, "lsn")
+    now = time.time()
+    for cluster, position in recorded.items():
+        seen = current.seen.get(cluster)
+        floor = max(position, seen.floor if seen is not None else 0)
+        current.seen[cluster] = sticky.Seen("", now, now, floor)
+        current.seen_changed = True
 
 
 def _record(

@@ -109,6 +109,8 @@ def choose_read_alias(cluster: Cluster, balance: str = "round_robin") -> str:
             limits.state.release.add(cluster.name)
         if monotonic_reads():
             limits.state.observe(cluster.name, route.alias, limits.bound)
+            if route.alias == cluster.primary:
+                limits.state.primary_reads.add(cluster.name)
     return route.alias
 
 
@@ -151,12 +153,18 @@ def _limits(cluster: Cluster, forced: str | None) -> _Limits:
 
 def _bound(cluster: Cluster, seen: sticky.Seen) -> tuple[int | None, bool]:
     """Return ``switch_bound`` of ``seen`` from the health snapshot, and whether its node may stay."""
+    if not seen.node:
+        return seen.floor, False
     snapshot = health.snapshot(cluster.name)
-    nodes = snapshot.nodes if snapshot is not None else {}
-    last = _probe(nodes.get(seen.node)) if seen.node else None
+    latest = _probe(snapshot.nodes.get(seen.node)) if snapshot is not None else None
+    after = seen.until + sticky.CLOCK_MARGIN
+    last = health.probe_after(cluster.name, seen.node, after)
     writer = snapshot.writer if snapshot is not None else None
-    bound = sticky.switch_bound(seen, last, _probe(nodes.get(writer)) if writer else None)
-    return bound, bool(seen.node) and sticky.stays(seen, last)
+    first = health.probe_after(cluster.name, writer, after) if writer else None
+    bound = sticky.switch_bound(
+        seen, sticky.Probe(*last) if last else None, sticky.Probe(*first) if first else None
+    )
+    return bound, sticky.stays(seen, latest)
 
 
 def _probe(node: Any) -> sticky.Probe | None:
@@ -183,6 +191,8 @@ def observe(cluster: Cluster, node: str) -> None:
     if state is None or state.sticky is None or not monotonic_reads():
         return
     current: sticky.StickyState = state.sticky
+    if node == cluster.primary:
+        current.primary_reads.add(cluster.name)
     seen = current.seen.get(cluster.name)
     if seen is not None and seen.node == node and time.time() <= seen.until:
         return

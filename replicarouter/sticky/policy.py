@@ -240,6 +240,9 @@ class StickyState:
     seen_changed: bool = False
     #: whether the request came with a position cookie (an emptied state deletes it)
     had_cookie: bool = False
+    #: clusters this request read from the primary (monotonic reads: the primary's position at the end
+    #: of the request bounds what those reads saw)
+    primary_reads: set[str] = field(default_factory=set)
     #: callable returning ``({cluster: position}, {cluster: pin deadline})`` from Redis, called once
     loader: Any = None
     loaded: dict[str, int] | None = None

@@ -144,12 +144,13 @@ def test_session_pinned_to_the_primary_leaves_the_rotation_alone(replica_cluster
 
     The read then falls through to the balancer, which finds no candidate (the primary still answers)
     but takes a turn of the round-robin rotation: other sessions' reads stop alternating. Both replicas
-    are paused (usable, within MAX_LAG) after the pinned session's write; a bystander's reads, between
-    the pinned session's, must alternate exactly between the replicas while every pinned read is
-    answered by the primary and finds its row.
+    are paused (usable, within MAX_LAG) after the pinned session's write; bystanders' reads (new
+    sessions: a session keeps to the replica it read, monotonic reads), between the pinned session's,
+    must alternate exactly between the replicas while every pinned read is answered by the primary and
+    finds its row.
     """
     ports = {n.port: n.name for n in replica_cluster.nodes}
-    pinned, bystander = Client(), Client()
+    pinned = Client()
     seed = Item.objects.using("default").order_by("pk").values_list("pk", flat=True).first()
     replica_cluster.pause_replay("replica1")
     replica_cluster.pause_replay("replica2")
@@ -159,7 +160,7 @@ def test_session_pinned_to_the_primary_leaves_the_rotation_alone(replica_cluster
         assert health.usable_replicas("default") == {"replica1", "replica2"}
         seen, pinned_reads = [], []
         for _ in range(6):
-            seen.append(ports[_read(bystander, seed)["port"]])
+            seen.append(ports[_read(Client(), seed)["port"]])
             pinned_reads.append(_read(pinned, item_id))
         assert health.usable_replicas("default") == {"replica1", "replica2"}  # the whole time
     finally:
