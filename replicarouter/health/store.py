@@ -171,9 +171,15 @@ def set_snapshot(cluster: str, value: Snapshot) -> None:
         name, alias = key
         if name != cluster or alias not in value.usable:
             continue
-        checked = value.nodes[alias].checked_at if alias in value.nodes else None
-        # the probe ran between checked_at - interval and checked_at: it must have started after the failure
-        if checked is not None and checked - value.interval > since:
+        node = value.nodes.get(alias)
+        if node is None:
+            continue
+        # the probe must have started after the failure: its round's start when known, else the probe
+        # ran between checked_at - interval and checked_at
+        started = node.probed_at
+        if started is None and node.checked_at is not None:
+            started = node.checked_at - value.interval
+        if started is not None and started > since:
             _suspects.pop(key, None)
 
 

@@ -234,3 +234,42 @@ def test_a_session_never_reads_older_data_than_it_already_read(replica_cluster, 
     assert all(r["found"] for r in later)
     # a new session has seen nothing: it may read replica2
     assert Client().get("/sticky/read/", {"id": item.pk}).status_code == 200
+
+
+def test_a_replica_restarted_since_its_probe_is_not_read_until_probed_again(replica_cluster, caplog):
+    """Fault: replica1 restarted between two probes. A standby comes back at its last restart point,
+    maybe behind the position the snapshot still shows: reads routed by that position could be stale.
+    New connections to it are refused (its reads fall back) until the monitor has probed the new server.
+    """
+    from django.db.models.expressions import RawSQL
+
+    from replicarouter.health import monitor
+
+    ports = _ports(replica_cluster)
+    with routed(replica_cluster, CHECK_INTERVAL=30.0, CHECK_TIMEOUT=2.0):  # no second round in this test
+        before = health.node("default", "replica1")
+        assert before is not None and before.started_at is not None
+        replica_cluster.stop("replica1")
+        replica_cluster.start("replica1")
+        with caplog.at_level(logging.WARNING, logger="replicarouter.failover"):
+            port = Item.objects.using("replica1").annotate(port=RawSQL("inet_server_port()", ()))
+            served = list(port.values_list("port", flat=True)[:1])
+        assert served == [ports["replica2"]]
+        assert health.is_suspect("default", "replica1")
+        assert any(getattr(r, "replicarouter_event", None) == "replica_restarted" for r in caplog.records)
+        # the monitor's next round sees the new server: replica1 is read again
+        running = monitor.running()
+        assert running is not None
+
+        def probed_again() -> bool:
+            running.round()  # the first round may fail: its probe connection died with the old server
+            return "replica1" in health.usable_replicas("default")
+
+        wait_for("replica1 usable again", probed_again, timeout=10)
+        assert health.node("default", "replica1").started_at > before.started_at
+        served = list(
+            Item.objects.using("replica1")
+            .annotate(port=RawSQL("inet_server_port()", ()))
+            .values_list("port", flat=True)[:1]
+        )
+        assert served == [ports["replica1"]]
