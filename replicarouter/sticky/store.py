@@ -18,6 +18,8 @@ from replicarouter.health.probe import lsn_to_int
 from replicarouter.observability import stats
 
 logger = logging.getLogger("replicarouter.sticky")
+#: problems this process already logged (logged once, counted always)
+_warned: set[str] = set()
 
 _ADVANCE = """
 local current = tonumber(redis.call('get', KEYS[1]) or '-1')
@@ -85,10 +87,12 @@ def load_state(identity: str, clusters: list[str]) -> tuple[dict[str, int], dict
         cluster = clusters[index % len(clusters)]
         if number is None:
             stats.incr("sticky_bad_values")
-            logger.warning(
-                "ignoring a sticky value that is not a position at %s", keys[index],
-                extra={"replicarouter_event": "bad_sticky_value"},
-            )  # fmt: skip
+            if not _warned:
+                _warned.add("bad value")
+                logger.warning(
+                    "ignoring a sticky value that is not a position at %s (further ones are only counted: "
+                    "sticky_bad_values)", keys[index], extra={"replicarouter_event": "bad_sticky_value"},
+                )  # fmt: skip
             continue
         found[index // len(clusters)][cluster] = number
     return found[0], found[1]
