@@ -79,6 +79,48 @@ def test_a_view_that_only_changes_the_session_is_read_back(db_sessions, paused):
     assert lost == []
 
 
+def test_a_session_change_is_read_back_through_the_async_stack(db_sessions, paused):
+    """The same over ASGI (AsyncClient): the middleware runs as a coroutine, the save in a thread."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    lost = []
+    for i in range(5):
+        client = AsyncClient()
+        assert async_to_sync(client.get)("/session/put/", {"v": f"a{i}"}).status_code == 200
+        cart = async_to_sync(client.get)("/session/get/").json()["cart"]
+        if cart != f"a{i}":
+            lost.append((i, cart))
+    assert lost == []
+
+
+def test_a_bad_value_in_redis_is_ignored_counted_and_the_cookie_still_protects(
+    replica_cluster, routing, paused
+):
+    import redis
+
+    from replicarouter import redis_client
+    from replicarouter.sticky import store as stickystore
+
+    client = Client()
+    item_id = client.get("/sticky/write/", {"name": "protected"}).json()["id"]
+    from django.conf import settings as django_settings
+
+    session_key = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    identity = sticky.identity("session", session_key, django_settings.SECRET_KEY)
+    r = redis.Redis.from_url(replica_cluster.redis_url)
+    try:
+        with override_settings(REPLICAROUTER=routing):
+            r.set(redis_client.key("sticky", "default", identity), "abc")
+    finally:
+        r.close()
+    stickystore._warned.clear()
+    bad = stats.total("sticky_bad_values")
+    read = client.get("/sticky/read/", {"id": item_id})
+    assert read.status_code == 200 and read.json()["found"] is True
+    assert stats.total("sticky_bad_values") == bad + 1
+
+
 def test_login_is_read_back(db_sessions, paused):
     """login() cycles the session key; SessionMiddleware saves the user's id after the view.
 
