@@ -25,8 +25,8 @@ INSTALLED_APPS = [
 ]
 # a JSON API for the demo's clients: no CSRF middleware, no templates
 MIDDLEWARE = [
+    "replicarouter.middleware.ReplicaRouterMiddleware",  # first: every write of the cycle is inside it
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "replicarouter.middleware.ReplicaRouterMiddleware",
 ]
 # signed-cookie sessions: a session costs no database write (a write would pin every visitor to the primary)
 SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
