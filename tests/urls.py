@@ -18,5 +18,7 @@ urlpatterns = [
     path("whoami/", views.whoami),
     path("sticky/write-then-hook/", views.write_then_hook),
     path("sticky/unseen-write/", views.unseen_write),
+    path("raw/write/", views.raw_write),
+    path("raw/read/", views.raw_read),
     path("metrics", metrics_view),
 ]

@@ -16,14 +16,30 @@ cannot be blanked (an unterminated quote or comment, comments nested deeper) is 
 changes session state. Strings are read as with ``standard_conforming_strings = on``, PostgreSQL's default
 since 9.1 (Django never turns it off).
 
+What is a read: a statement is one only when it provably is — it starts with ``SELECT``, ``WITH``,
+``VALUES`` or ``TABLE`` and holds no ``INTO``, no ``UPDATE``/``DELETE`` (a data-modifying CTE), no row
+locking clause and no call of a function known to write or to need the primary (``nextval``, ``setval``,
+every ``lo_*`` large-object function, ``txid_current``, ``pg_notify``, ``dblink_exec``, … in
+``_WRITE_INSIDE_READ``), or it is ``EXPLAIN`` without ``ANALYZE`` (nothing runs), or ``EXPLAIN ANALYZE``
+of a statement that is itself a read (it runs). Every other command is a write, except transaction
+control and session commands (``BEGIN``, ``COMMIT``, ``SET``, ``SHOW``, ``RESET``, ``DISCARD``, …:
+``_NEUTRAL``), which change no data: each statement of a text is judged on its own, so ``BEGIN; INSERT
+…; COMMIT`` is a write through its ``INSERT``, and Django's own ``SET`` statements on a replica alias do
+not send the rest of a request to the primary. Functions of your own that write are invisible to any
+parser: call ``replicarouter.mark_written()`` after them (or run them under ``use_primary()``).
+
 Decided the safe way: a quoted name that names session state is kept, not blanked: ``"pg_temp"`` (the
 temporary schema; any statement naming it counts, ``SELECT "pg_temp"`` included), ``"set_config"`` and the
-session advisory lock functions; ``INTO temp`` counts as ``INTO TEMP`` (a table named temp).
+session advisory lock functions; ``INTO temp`` counts as ``INTO TEMP`` (a table named temp). A quoted
+lower-case name called as a function (``"nextval"('s')``, ``pg_catalog."lo_create"(0)``) is that
+function; ``"Nextval"(…)`` is another one. ``EXPLAIN (ANALYZE off) …`` counts as analysed. ``lo_get`` and
+``lo_export`` only read, and count as writes with the other ``lo_*`` functions.
 
-Cost (python -m timeit, 2-core development machine, issue 15): a cache miss for a 300-character ORM
-``SELECT`` takes about 14 µs (21 µs before blanking and statement splitting: the upper-cased patterns more
-than pay for the blanking), an 86-character ``UPDATE`` 4.6 µs (3.8 µs before); a hit is the same one dict
-lookup as before, about 55 ns per ``classify`` call.
+Cost (python -m timeit, 2-core development machine, issue 16): a cache miss for a 321-character ORM
+``SELECT`` of 14 quoted names takes about 23 µs (18 µs before function calls were looked for: the quoted
+names followed by ``(`` and the list of functions), a 101-character ``UPDATE`` 7.3 µs (6.1 µs); a hit is
+the same one dict lookup as before, about 55 ns per ``classify`` call, and the ORM sends the same texts
+again and again.
 """
 
 from __future__ import annotations
@@ -75,7 +91,7 @@ for _ in range(2):
 _LEXEME = re.compile(
     # quoted names that mean session state are kept (quoted, they are case-sensitive: "PG_TEMP" is another)
     r'"(?P<keep>pg_temp\w*|set_config|pg_(?:try_)?advisory_lock(?:_shared)?)"'
-    r'|(?P<name>"[^"]*")'  # a quoted name; "a""b" is read as two, blanked alike
+    r'|"(?P<name>[^"]*)"'  # a quoted name; "a""b" is read as two, blanked alike
     r"|'[^']*'"  # a string; 'it''s' is read as two
     r"|--[^\n\r]*"
     r"|" + _COMMENT + r"|" + _E_QUOTE + r"(?:[^'\\]|\\.|'')*'"  # E'\'' and E'''' hold a quote
@@ -86,6 +102,10 @@ _LEXEME = re.compile(
 )
 
 
+_CALLED = re.compile(r"[a-z_][a-z0-9_$]*")
+_CALL_FOLLOWS = re.compile(r"\s*\(")
+
+
 class _Unreadable(Exception):
     """The text has an unterminated quote or comment."""
 
@@ -94,7 +114,17 @@ def _blank_lexeme(match: re.Match[str]) -> str:
     kind = match.lastgroup
     if kind == "keep":
         return f" {match.group('keep')} "
-    if kind == "name":  # a name stays a word: COPY "t" (a) FROM must not read as COPY (query)
+    if kind == "name":
+        # a quoted lower-case name called as a function ("nextval"('s')) is the function the unquoted
+        # name is (PostgreSQL folds unquoted names to lower case): kept, so that a known side effect
+        # counts; "Nextval"(…) is another function, a user's. Any other name stays a word, empty:
+        # COPY "t" (a) FROM must not read as COPY (query)
+        end = match.end()
+        after = match.string[end : end + 1]
+        if after == "(" or (after.isspace() and _CALL_FOLLOWS.match(match.string, end)):
+            name = match.group("name")
+            if _CALLED.fullmatch(name):
+                return f" {name} "
         return ' "" '
     if kind == "open":
         raise _Unreadable
@@ -113,11 +143,24 @@ def _blank(text: str) -> str | None:
 _FIRST_WORD = re.compile(r"[\s(]*([A-Z]+)")
 #: what makes a read a write (INSERT and MERGE always come with INTO)
 _WRITE_INSIDE_READ = re.compile(
-    r"\b(?:UPDATE|DELETE|INTO|NEXTVAL|SETVAL"
+    r"\b(?:UPDATE|DELETE|INTO"
     r"|FOR\s+(?:NO\s+KEY\s+)?UPDATE|FOR\s+(?:KEY\s+)?SHARE)\b"
+    # functions of PostgreSQL 15 (and common extensions) that change data, need a transaction id or
+    # act on the server: a SELECT of them must run on the primary (a standby refuses most of them).
+    # lo_* covers every large-object function (lo_get and lo_export read, and count too: the safe way)
+    r"|\b(?:NEXTVAL|SETVAL|LO_\w+|LOWRITE|TXID_CURRENT|PG_CURRENT_XACT_ID|PG_NOTIFY"
+    r"|PG_LOGICAL_EMIT_MESSAGE|PG_CREATE_RESTORE_POINT|PG_SWITCH_WAL|PG_START_BACKUP|PG_STOP_BACKUP"
+    r"|PG_BACKUP_START|PG_BACKUP_STOP|PG_TERMINATE_BACKEND|PG_CANCEL_BACKEND|PG_RELOAD_CONF"
+    r"|PG_ROTATE_LOGFILE|PG_PROMOTE|PG_WAL_REPLAY_PAUSE|PG_WAL_REPLAY_RESUME|PG_STAT_RESET\w*"
+    r"|PG_\w*REPLICATION_SLOT\w*|PG_REPLICATION_ORIGIN_\w+|PG_LOGICAL_SLOT_\w+|PG_IMPORT_SYSTEM_COLLATIONS"
+    r"|BRIN_SUMMARIZE_\w+|BRIN_DESUMMARIZE_RANGE|GIN_CLEAN_PENDING_LIST|PG_FILE_\w+|DBLINK\w*)\s*\("
 )
-#: what EXPLAIN ANALYZE can run beyond a read's statements: CREATE TABLE … AS, EXECUTE of a prepared one
-_EXPLAIN_RUNS = re.compile(r"\b(?:CREATE|EXECUTE)\b")
+#: EXPLAIN, its options, and the statement it explains; only with ANALYZE does that statement run
+_EXPLAIN = re.compile(
+    r"[\s(]*EXPLAIN\s*(?:\((?P<options>[^()]*)\)|(?P<legacy>(?:\s*\b(?:ANALYZE|ANALYSE|VERBOSE)\b)*))"
+    r"(?P<statement>.*)",
+    re.DOTALL,
+)
 #: after COPY: ( query ) TO …, or a table (and its columns) FROM or TO: the first of these two words, as
 #: both are reserved (never a bare name)
 _COPY = re.compile(r"\s*(?:\((?P<query>.*)|.*?\b(?P<direction>FROM|TO)\b)", re.DOTALL)
@@ -196,11 +239,15 @@ def _statement_is_write(statement: str) -> bool:
     if match is None:
         return bool(statement.strip())  # an empty statement does nothing; anything else is unknown
     word = match.group(1)
-    if word in _READS:
-        # SELECT … INTO, data-modifying CTEs, row locks and sequence calls need the primary
-        if _WRITE_INSIDE_READ.search(statement) is not None:
+    if word == "EXPLAIN":  # only EXPLAIN ANALYZE runs the statement: judged as if it ran
+        explain = _EXPLAIN.match(statement)
+        if explain is None:
             return True
-        return word == "EXPLAIN" and _EXPLAIN_RUNS.search(statement) is not None
+        options = explain.group("options") or explain.group("legacy") or ""
+        return "ANALY" in options and _statement_is_write(explain.group("statement"))
+    if word in _READS:
+        # SELECT … INTO, data-modifying CTEs, row locks and functions with side effects need the primary
+        return _WRITE_INSIDE_READ.search(statement) is not None
     if word == "COPY":
         copy = _COPY.match(statement, match.end())
         if copy is None:

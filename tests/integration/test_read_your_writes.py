@@ -315,3 +315,63 @@ def test_a_replica_restarted_since_its_probe_is_not_read_until_probed_again(repl
             .values_list("port", flat=True)[:1]
         )
         assert served == [ports["replica1"]]
+
+
+#: raw-SQL writes of issue 16 that 0.1 classified as reads: (write, check read on the next request,
+#: expected check value once the write is seen). {t} is a fresh table, {m} a fresh marker
+RAW_WRITES = {
+    "begin-insert-commit": (
+        "BEGIN; INSERT INTO testapp_item (name, n) VALUES ('{m}', 0); COMMIT",
+        "SELECT count(*) FROM testapp_item WHERE name = '{m}'", 1,
+    ),
+    "set-then-update": (
+        "SET application_name TO 'rr'; INSERT INTO testapp_item (name, n) VALUES ('{m}', 0)",
+        "SELECT count(*) FROM testapp_item WHERE name = '{m}'", 1,
+    ),
+    "select-then-drop": ("SELECT 1; DROP TABLE {t}", "SELECT to_regclass('{t}') IS NULL", True),
+    "prepare-execute": (
+        "PREPARE p_{m} AS INSERT INTO testapp_item (name, n) VALUES ('{m}', 0); "
+        "EXECUTE p_{m}; DEALLOCATE p_{m}",
+        "SELECT count(*) FROM testapp_item WHERE name = '{m}'", 1,
+    ),
+    "quoted-nextval": ("SELECT \"nextval\"('{t}_seq')", "SELECT is_called FROM {t}_seq", True),
+    "e-string-nextval": ("SELECT E'\\'', nextval('{t}_seq')", "SELECT is_called FROM {t}_seq", True),
+    "explain-analyze-create": (
+        "EXPLAIN ANALYZE CREATE TABLE {t}_x AS SELECT 1", "SELECT to_regclass('{t}_x') IS NOT NULL", True,
+    ),
+    "copy-from-program": (
+        "COPY testapp_item (name, n) FROM PROGRAM 'echo {m},0' WITH (FORMAT csv)",
+        "SELECT count(*) FROM testapp_item WHERE name = '{m}'", 1,
+    ),
+    "lo-create": (
+        "SELECT lo_create(0)", "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = {row}", 1,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", sorted(RAW_WRITES))
+def test_raw_sql_writes_are_read_your_writes(form, replica_cluster, routing):
+    """Each raw-SQL write form of issue 16, run by a view through ``django.db.connection``; the next
+    request of the session reads what it did, with replay paused on both replicas (0.1: stale)."""
+    from django.db import connection
+
+    write, check, expected = RAW_WRITES[form]
+    marker = f"m{uuid.uuid4().hex[:8]}"
+    table = f"t_{marker}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (a int); CREATE SEQUENCE {table}_seq")
+    replica_cluster.wait_caught_up()
+    for name in ("replica1", "replica2"):
+        replica_cluster.pause_replay(name)
+    client = Client()
+    try:
+        views.RAW_SQL["w"] = write.format(t=table, m=marker)
+        response = client.get("/raw/write/", {"k": "w"})
+        assert response.status_code == 200
+        row = (response.json()["row"] or [None])[0]
+        views.RAW_SQL["c"] = check.format(t=table, m=marker, row=row)
+        assert client.get("/raw/read/", {"k": "c"}).json()["value"] == expected
+    finally:
+        views.RAW_SQL.clear()
+        for name in ("replica1", "replica2"):
+            replica_cluster.resume_replay(name)

@@ -100,3 +100,34 @@ def test_text_the_classifier_cannot_read_is_refused_by_the_server(replica_cluste
     finally:
         conn.close()
     assert (is_write(sql), changes_session_state(sql)) == (True, True)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT nextval('rr_seq')",
+        "SELECT \"nextval\"('rr_seq')",
+        "SELECT pg_catalog.\"nextval\"('rr_seq')",
+        "SELECT E'\\'', nextval('rr_seq')",
+        "SELECT setval('rr_seq', 5)",
+        "SELECT lo_create(0)",
+        "SELECT pg_catalog.lo_create(0)",
+        "EXPLAIN ANALYZE SELECT nextval('rr_seq')",
+        "VALUES (nextval('rr_seq'))",
+    ],
+)
+def test_functions_with_side_effects_are_what_a_standby_refuses(replica_cluster, sql):
+    replica_cluster.primary.query("CREATE SEQUENCE IF NOT EXISTS rr_seq")
+    replica_cluster.wait_caught_up()
+    conn = replica_cluster.replicas[0].connect()
+    try:
+        # "cannot execute … in a read-only transaction", or for lo_create "cannot assign OIDs during
+        # recovery" (an InternalError): a standby refuses them either way
+        with (
+            conn.cursor() as cursor,
+            pytest.raises((psycopg2.errors.ReadOnlySqlTransaction, psycopg2.InternalError)),
+        ):
+            cursor.execute(sql)
+    finally:
+        conn.close()
+    assert is_write(sql) is True

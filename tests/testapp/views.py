@@ -152,3 +152,28 @@ def unseen_write(request):
     if request.GET.get("mark"):
         mark_written()
     return JsonResponse({"id": item_id})
+
+
+#: raw SQL a test runs in ``raw_write`` (never taken from the request: tests only)
+RAW_SQL: dict[str, str] = {}
+
+
+def raw_write(request):
+    """Run the test's raw SQL ``RAW_SQL[k]`` through ``django.db.connection``; return its first row."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(RAW_SQL[request.GET["k"]])
+        row = cursor.fetchone() if cursor.description else None
+    return JsonResponse({"row": list(row) if row else None})
+
+
+def raw_read(request):
+    """Run the test's check ``RAW_SQL[k]`` on the alias the router picks for a read; return its value."""
+    from django.db import connections, router
+
+    alias = router.db_for_read(Item)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(RAW_SQL[request.GET["k"]])
+        value = cursor.fetchone()[0]
+    return JsonResponse({"value": value, "alias": alias})

@@ -357,3 +357,66 @@ def test_django_sql_stays_a_read_without_session_state(sql):
 )
 def test_transaction_control_and_session_commands_are_not_writes(sql):
     assert both(sql)[0] is False
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # every raw-SQL write of issue 16 that 0.1 read as a read
+        "BEGIN; INSERT INTO t VALUES (1); COMMIT",
+        "SET search_path TO public; UPDATE t SET a = 1",
+        "SELECT 1; DROP TABLE t",
+        "SELECT 1; TRUNCATE t",
+        "PREPARE p AS INSERT INTO t VALUES (1)",
+        "EXECUTE p",
+        "DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE",
+        "SELECT \"nextval\"('s')",
+        "SELECT pg_catalog.\"nextval\"('s')",
+        "SELECT \"nextval\" ('s')",
+        "SELECT E'\\'', nextval('s')",
+        "EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1",
+        "COPY t FROM PROGRAM 'echo 1'",
+        "SELECT lo_create(0)",
+        "SELECT pg_catalog.lo_create(0)",
+        "SELECT lo_unlink(42)",
+        "SELECT lowrite(0, 'x')",
+        "SELECT lo_from_bytea(0, 'x')",
+        "SELECT setval('s', 5)",
+        "SELECT txid_current()",
+        "SELECT pg_current_xact_id()",
+        "SELECT pg_notify('c', 'x')",
+        "SELECT pg_logical_emit_message(true, 'p', 'm')",
+        "SELECT pg_terminate_backend(123)",
+        "SELECT dblink_exec('dbname=x', 'DELETE FROM t')",
+        "VALUES (nextval('s'))",
+        "EXPLAIN ANALYZE SELECT nextval('s')",
+        "EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1",
+        "EXPLAIN (analyze off) DELETE FROM t",  # ANALYZE mentioned at all: the safe way
+        "EXPLAIN ANALYZE EXECUTE p",
+        "EXPLAIN VERBOSE ANALYZE INSERT INTO t VALUES (1)",
+        "COPY (SELECT nextval('s')) TO STDOUT",
+        "DECLARE c CURSOR FOR SELECT nextval('s')",
+    ],
+)
+def test_writes_hidden_in_raw_sql_are_writes(sql):
+    assert is_write(sql) is True
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "/* c */ SELECT 1",  # 0.1 pinned the session to the primary for a leading comment
+        "-- why\nSELECT 1",
+        "EXPLAIN INSERT INTO t VALUES (1)",  # without ANALYZE nothing runs
+        "EXPLAIN (VERBOSE, COSTS off) DELETE FROM t",
+        "EXPLAIN ANALYZE SELECT * FROM t",
+        "SELECT txid_current_if_assigned()",
+        "SELECT \"Nextval\"('s')",  # quoted with capitals: another function than nextval
+        "SELECT 'nextval(1)', \"lo_create\" FROM t",  # a string and a column, not calls
+        'SELECT "t"."id", COALESCE("t"."n", 0) FROM "t"',
+        "SHOW search_path",
+        "TABLE t",
+    ],
+)
+def test_provable_reads_stay_reads(sql):
+    assert is_write(sql) is False
