@@ -241,8 +241,7 @@ def _statement_is_write(statement: str) -> bool:
     word = match.group(1)
     if word == "EXPLAIN":  # only EXPLAIN ANALYZE runs the statement: judged as if it ran
         explain = _EXPLAIN.match(statement)
-        if explain is None:
-            return True
+        assert explain is not None  # the statement starts with EXPLAIN: the pattern always matches
         options = explain.group("options") or explain.group("legacy") or ""
         return "ANALY" in options and _statement_is_write(explain.group("statement"))
     if word in _READS:

@@ -166,18 +166,16 @@ def switch_bound(seen: Seen, last: Probe | None, writer: Probe | None) -> int | 
     if not seen.node:
         return seen.floor
     after = seen.until + CLOCK_MARGIN
-    bounds = [seen.floor]
-    found = False
+    bounds = []
     for probe, needs_continuity in ((last, True), (writer, False)):
         if probe is None or probe.probed_at is None or probe.position is None or probe.probed_at <= after:
             continue
         if needs_continuity and (probe.started_at is None or probe.started_at >= seen.since):
             continue
         bounds.append(probe.position)
-        found = True
-    if not found:
+    if not bounds:
         return None
-    return max(seen.floor, min(bounds[1:]))
+    return max(seen.floor, min(bounds))
 
 
 def stays(seen: Seen, probe: Probe | None) -> bool:
@@ -202,14 +200,14 @@ def monotonic_allowed(
         return frozenset(candidates)
     allowed = {seen.node} & set(candidates) if stay else set()
     if bound is not None:
-        allowed.update(a for a in candidates if (positions.get(a) or -1) >= bound)
+        allowed.update(a for a in candidates if _reached(positions.get(a), bound))
     return frozenset(allowed)
 
 
 def after_read(seen: Seen | None, node: str, now: float, bound: int | None) -> Seen:
     """Return what the session has seen after reading ``node`` at ``now`` (``bound``: see switch_bound)."""
     if seen is None:
-        return Seen(node, now, now, 0)
+        return Seen(node, now, now)
     if node == seen.node:
         return seen if now <= seen.until else Seen(node, seen.since, now, seen.floor)
     return Seen(node, now, now, max(seen.floor, bound or 0))
@@ -221,7 +219,11 @@ def released(required: int, replicas: Collection[str], positions: Mapping[str, i
     ``positions`` holds only what a fresh snapshot knows from a successful probe: a replica missing from
     it (down, never probed) may come back behind, so the position is kept.
     """
-    return bool(replicas) and all((positions.get(a) or -1) >= required for a in replicas)
+    return bool(replicas) and all(_reached(positions.get(a), required) for a in replicas)
+
+
+def _reached(position: int | None, bound: int) -> bool:
+    return position is not None and position >= bound
 
 
 @dataclass

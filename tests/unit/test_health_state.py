@@ -296,3 +296,13 @@ def test_rules_come_from_the_settings_and_default_to_the_schema():
     schema = {key.lower(): REPLICAROUTER_OPTIONS[key].default for key in keys}
     assert asdict(Rules()) == schema
     assert schema == {"fall": 2, "rise": 2, "max_lag_seconds": 10.0, "max_lag_bytes": 16 * 1024 * 1024}
+
+
+def test_a_good_probe_records_when_its_round_started_and_when_the_server_started():
+    node = NodeHealth("r1", "replica")
+    good = replace(ok(), probed_at=99.5, server_started=12.25)
+    after = step(node, good)
+    assert (after.probed_at, after.started_at) == (99.5, 12.25)
+    failed = step(after, fail())
+    assert (failed.probed_at, failed.started_at) == (99.5, 12.25)  # the last good probe's, kept
+    assert "probed_at" not in after.public() and "started_at" not in after.public()

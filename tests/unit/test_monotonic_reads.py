@@ -172,3 +172,66 @@ def test_pins_expire_and_come_from_the_cookie_or_redis():
     state.loader = lambda: ({}, {"c": now_ms + 60_000})
     assert state.pinned("a") and not state.pinned("b") and state.pinned("c") and not state.pinned("d")
     assert set(state.cookie({}, horizon=0).pins) == {"a", "c"}
+
+
+def test_bounds_edge_cases():
+    writer = Probe(probed_at=300.0, position=1000, started_at=1.0)
+    assert sticky.switch_bound(SEEN, None, writer) == 1000  # no probe of the node: the writer's alone
+    same_start = Probe(probed_at=300.0, position=700, started_at=SEEN.since)  # started as reads began
+    assert sticky.switch_bound(SEEN, same_start, None) is None
+    # a replica at position 0 (never in practice) and a missing one are not past bound 0 / 1
+    assert sticky.monotonic_allowed(SEEN, ("r1", "r2"), {"r1": 0}, bound=0, stay=False) == {"r1"}
+    assert sticky.monotonic_allowed(SEEN, ("r2",), {}, bound=1, stay=False) == frozenset()
+    assert sticky.released(0, ("r1",), {"r1": 0}) and not sticky.released(1, ("r1",), {})
+
+
+def test_after_read_edges():
+    assert sticky.after_read(SEEN, "r1", SEEN.until, None) is SEEN  # at the claim's end: still within
+    assert sticky.after_read(Seen("r1", 1.0, 2.0, 0), "r2", 3.0, None).floor == 0
+    assert sticky.after_read(None, "r1", 4.0, None).floor == 0
+
+
+def test_seen_entries_with_bad_times_are_dropped():
+    value = sticky.signing.dumps(
+        {"m": "lsn", "p": {}, "v": {"a": ["r1", -1, 2, 3], "b": ["r1", 1, "2", 3], "c": ["r1", 1, 2, 3]}},
+        salt=sticky.COOKIE_SALT,
+    )
+    assert set(sticky.read_cookie(value, "lsn", 60).seen) == {"c"}
+
+
+def test_the_cookie_keeps_floors_and_cookie_pins_without_loading():
+    now_ms = int(time.time() * 1000)
+    state = sticky.StickyState("lsn", pins={"a": now_ms + 60_000}, seen={"c": Seen("r1", 1.0, 2.0, 77)})
+    state.seen_changed = True
+    cookie = state.cookie({}, horizon=1.0)
+    assert cookie.seen == {"c": Seen("r1", 1.0, 3.0, 77)} and set(cookie.pins) == {"a"}
+
+
+def test_observe_uses_the_clock_and_the_bound():
+    state = sticky.StickyState("lsn", seen={"c": Seen("r1", 1.0, 2.0, 5)})
+    before = time.time()
+    state.observe("c", "r2", 900)
+    seen = state.seen["c"]
+    assert seen.node == "r2" and seen.floor == 900 and before <= seen.since <= time.time()
+
+
+def test_route_edges_release_and_prefer():
+    positions = {"r1": 100, "r2": 100}
+    nothing_usable = route_read(
+        TWO, "round_robin", usable=frozenset(), required=100, positions=positions, replayed=positions
+    )
+    assert nothing_usable == ReadRoute("primary", "primary", True)
+    barred = route_read(
+        TWO, "round_robin", usable=frozenset(positions), required=100, positions=positions,
+        replayed=positions, monotonic=frozenset(),
+    )  # fmt: skip
+    assert barred == ReadRoute("primary", "primary", True)
+    kept = route_read(
+        TWO, "round_robin", usable=frozenset(positions), required=100, positions=positions,
+        replayed=positions, monotonic=frozenset(positions), prefer="r2",
+    )  # fmt: skip
+    assert kept == ReadRoute("r2", "replica", True)
+    elsewhere = route_read(
+        TWO, "round_robin", usable=frozenset({"r1"}), monotonic=frozenset({"r1"}), prefer="r2"
+    )
+    assert elsewhere == ReadRoute("r1")
