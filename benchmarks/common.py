@@ -14,6 +14,7 @@ Standard library only at import time: ``benchmarks/render.py`` imports this modu
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import subprocess
@@ -142,3 +143,10 @@ def configure_test_app(cluster: Any, secret: str, **replicarouter: Any) -> None:
         **django_settings(cluster, **replicarouter),
     )
     django.setup()
+
+
+def ensure_gunicorn() -> None:
+    """Install gunicorn into this venv when it is missing (the benchmarks and the soak serve through it)."""
+    if importlib.util.find_spec("gunicorn") is None:
+        print("installing gunicorn into the venv ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "gunicorn>=22"], check=True)

@@ -137,9 +137,9 @@ def ensure_tools() -> dict[str, str]:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
-    if importlib.util.find_spec("gunicorn") is None:
-        print("installing gunicorn into the venv ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "gunicorn>=22"], check=True)
+    from benchmarks.common import ensure_gunicorn
+
+    ensure_gunicorn()
     check = [sys.executable, "-c", "import psycopg, psycopg_pool"]
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if subprocess.run(check, env=clean, capture_output=True).returncode == 0:
