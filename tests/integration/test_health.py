@@ -276,8 +276,10 @@ def test_replica_back_from_down_needs_rise_healthy_rounds(replica_cluster, caplo
     per-cluster round (``ClusterProbe.round``) is driven here one round at a time, so rounds are counted,
     not timed: down after FALL failed rounds, and back up only at the RISE-th healthy round after the
     last failure (a streak carried over from before the fault would bring it back at the first one).
+    ``interval=0``: the rounds run back to back, and each healthy one counts (the spacing of counted
+    answers is ``test_frozen_replica_back_needs_rise_rounds_an_interval_apart``'s).
     """
-    rules = Rules(fall=2, rise=3)
+    rules = Rules(fall=2, rise=3, interval=0.0)
     databases = replica_cluster.databases()
     spec = build(databases, None)[0].default
     probe = ClusterProbe(spec, databases, timeout=2.0)

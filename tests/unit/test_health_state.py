@@ -7,12 +7,13 @@ import time
 from dataclasses import asdict, replace
 from types import SimpleNamespace
 
+from replicarouter.health.lag import PrimaryHistory, measure_lag
 from replicarouter.health.probe import Prober, ProbeResult, lsn_to_int
-from replicarouter.health.rules import NodeHealth, PrimaryHistory, Rules, measure_lag, next_health, usable
+from replicarouter.health.rules import NodeHealth, Rules, next_health, usable
 from replicarouter.health.store import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
 from replicarouter.settings_schema import REPLICAROUTER_OPTIONS
 
-RULES = Rules(fall=2, rise=2, max_lag_seconds=5.0, max_lag_bytes=1000)
+RULES = Rules(fall=2, rise=2, max_lag_seconds=5.0, max_lag_bytes=1000, interval=1.0)
 
 
 def ok(alias="r1", position=1000, in_recovery=True, replay_age=None):
@@ -42,7 +43,7 @@ def test_rise_good_probes_bring_a_down_node_back():
     node = NodeHealth("r1", "replica", state="down", failures=3)
     node = step(node, ok())
     assert node.state == "down" and node.healthy_streak == 1
-    node = step(node, ok())
+    node = step(node, ok(), now=101.0)  # the next round, CHECK_INTERVAL later
     assert node.state == "up"
 
 
@@ -51,7 +52,7 @@ def test_lag_over_a_limit_is_lagging_at_once_and_needs_rise_to_recover():
     assert node.state == "lagging" and node.lag_bytes == 5000
     node = step(node, ok(position=5000), primary_position=5000)
     assert node.state == "lagging"
-    node = step(node, ok(position=5000), primary_position=5000)
+    node = step(node, ok(position=5000), primary_position=5000, now=101.0)
     assert node.state == "up"
 
 
@@ -125,7 +126,7 @@ def test_rise_counts_only_consecutive_healthy_probes():
     assert (node.state, node.healthy_streak, node.failures) == ("down", 0, 1)
     node = step(node, ok())
     assert (node.state, node.healthy_streak) == ("down", 1)
-    node = step(node, ok())
+    node = step(node, ok(), now=101.0)
     assert (node.state, node.healthy_streak) == ("up", 2)
 
 
@@ -161,7 +162,7 @@ def test_a_good_probe_records_everything_it_measured():
     assert updated == NodeHealth(
         "r1", "replica", host="h", port="5", role="replica", state="up", lag_bytes=100, lag_seconds=0.5,
         checked_at=42.0, error=None, promoted=False, failures=0, healthy_streak=2, position=900,
-        received=950, timeline=3,
+        received=950, timeline=3, streak_at=42.0,
     )  # fmt: skip
     assert reason == "probe ok"
 
@@ -218,7 +219,9 @@ def test_a_healthy_probe_short_of_rise_says_how_far_it_is():
     lagging = NodeHealth("r1", "replica", state="lagging")
     node, reason = judge(lagging, ok())
     assert node.state == "lagging" and reason == "healthy 1/2"
-    node, reason = judge(node, ok())
+    node, reason = judge(node, ok(), now=100.5)  # too soon after the first: says when one counts again
+    assert node.state == "lagging" and reason == "healthy 1/2, next count after 0.40 s"
+    node, reason = judge(node, ok(), now=101.0)
     assert node.state == "up" and reason == "probe ok"
     # an up node whose streak was broken by one failure stays up on its next good probe
     node, reason = judge(NodeHealth("r1", "replica", state="up", failures=1), ok())
@@ -290,12 +293,17 @@ def test_public_fields_leave_out_the_counters():
 
 
 def test_rules_come_from_the_settings_and_default_to_the_schema():
-    settings = SimpleNamespace(FALL=3, RISE=4, MAX_LAG_SECONDS=5.5, MAX_LAG_BYTES=600)
-    assert Rules.from_settings(settings) == Rules(fall=3, rise=4, max_lag_seconds=5.5, max_lag_bytes=600)
+    settings = SimpleNamespace(FALL=3, RISE=4, MAX_LAG_SECONDS=5.5, MAX_LAG_BYTES=600, CHECK_INTERVAL=1.5)
+    assert Rules.from_settings(settings) == Rules(
+        fall=3, rise=4, max_lag_seconds=5.5, max_lag_bytes=600, interval=1.5
+    )
     keys = ("FALL", "RISE", "MAX_LAG_SECONDS", "MAX_LAG_BYTES")
     schema = {key.lower(): REPLICAROUTER_OPTIONS[key].default for key in keys}
+    schema["interval"] = REPLICAROUTER_OPTIONS["CHECK_INTERVAL"].default
     assert asdict(Rules()) == schema
-    assert schema == {"fall": 2, "rise": 2, "max_lag_seconds": 10.0, "max_lag_bytes": 16 * 1024 * 1024}
+    assert schema == {
+        "fall": 2, "rise": 2, "max_lag_seconds": 10.0, "max_lag_bytes": 16 * 1024 * 1024, "interval": 0.5
+    }  # fmt: skip
 
 
 def test_a_good_probe_records_when_its_round_started_and_when_the_server_started():
