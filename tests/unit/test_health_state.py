@@ -7,9 +7,11 @@ import time
 from dataclasses import asdict, replace
 from types import SimpleNamespace
 
+from replicarouter.health.election import Election
 from replicarouter.health.lag import PrimaryHistory, measure_lag
 from replicarouter.health.probe import Prober, ProbeResult, lsn_to_int
-from replicarouter.health.rules import NodeHealth, Rules, next_health, usable
+from replicarouter.health.rules import RISE_SLACK, NodeHealth, Rules, next_health, usable
+from replicarouter.health.shared import Published, decode, encode
 from replicarouter.health.store import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
 from replicarouter.settings_schema import REPLICAROUTER_OPTIONS
 
@@ -314,3 +316,70 @@ def test_a_good_probe_records_when_its_round_started_and_when_the_server_started
     failed = step(after, fail())
     assert (failed.probed_at, failed.started_at) == (99.5, 12.25)  # the last good probe's, kept
     assert "probed_at" not in after.public() and "started_at" not in after.public()
+
+
+# -- RISE: healthy answers at least CHECK_INTERVAL apart (issue 16) --------------------------------------
+
+
+def test_two_healthy_answers_milliseconds_apart_do_not_bring_a_lagging_node_up():
+    """Bug guarded: a round against a frozen node lasts CHECK_TIMEOUT and the next starts at once, so the
+    thawed node answered twice 10 ms apart and RISE=2 made it up with no hysteresis at all. The rounds'
+    starts (``probed_at``) are CHECK_TIMEOUT apart; the answers were judged 10 ms apart, and that counts."""
+    lagging = NodeHealth("r1", "replica", state="lagging")
+    node = step(lagging, replace(ok(), probed_at=99.0), now=100.0)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.0)
+    node, reason = judge(node, replace(ok(), probed_at=100.0), now=100.01)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.0)  # kept, not counted
+    assert reason == "healthy 1/2, next count after 0.89 s"
+    assert "r1" not in usable({"r1": node})
+
+
+def test_healthy_answers_an_interval_apart_bring_a_lagging_node_up():
+    node = step(NodeHealth("r1", "replica", state="lagging"), ok(), now=100.0)
+    node = step(node, ok(), now=100.01)  # too soon: ignored, the first one's time stays the mark
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.0)
+    node = step(node, ok(), now=101.0)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("up", 2, 101.0)
+    assert "r1" in usable({"r1": node})
+
+
+def test_a_lagging_or_failed_answer_in_between_starts_the_streak_again():
+    """A lagging or failed answer resets the streak and its time: the next healthy answer counts at once,
+    and the one after it only an interval after that one, not after the answers before the reset."""
+    node = step(NodeHealth("r1", "replica", state="lagging"), ok(), now=100.0)
+    node = step(node, ok(position=0), primary_position=5000, now=100.5)  # lagging again
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 0, None)
+    node = step(node, ok(), now=100.6)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.6)
+    node = step(node, ok(), now=101.0)  # an interval after the first healthy answer, not after the restart
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.6)
+    node = step(node, fail(), now=101.2)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 0, None)
+    node = step(node, ok(), now=101.3)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 101.3)
+    node = step(node, ok(), now=102.3)
+    assert (node.state, node.healthy_streak) == ("up", 2)
+
+
+def test_rise_slack_an_answer_counts_from_interval_less_the_slack():
+    gap = RULES.interval * (1 - RISE_SLACK)
+    assert RISE_SLACK == 0.1 and RULES.rise_gap == gap
+    down = NodeHealth("r1", "replica", state="down", healthy_streak=1, streak_at=100.0)
+    early = step(down, ok(), now=100.0 + gap - 0.001)
+    assert (early.state, early.healthy_streak, early.streak_at) == ("down", 1, 100.0)
+    at = step(down, ok(), now=100.0 + gap)
+    assert (at.state, at.healthy_streak, at.streak_at) == ("up", 2, 100.0 + gap)
+
+
+def test_an_unknown_node_is_up_at_its_first_healthy_answer_and_stays_up():
+    node = step(NodeHealth("r1", "replica"), ok(), now=100.0)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("up", 1, 100.0)
+    node = step(node, ok(), now=100.01)  # up stays up, however soon the next answer comes
+    assert (node.state, node.healthy_streak, node.streak_at) == ("up", 1, 100.0)
+
+
+def test_streak_at_survives_the_shared_snapshot_and_stays_out_of_public():
+    node = NodeHealth("r1", "replica", state="down", healthy_streak=1, streak_at=1234.5)
+    published = Published({"r1": node}, Election("r1", frozenset(), 1, ""), "host:1:abc", 1000.0)
+    assert decode(encode(published, 1.0), "r1").nodes["r1"].streak_at == 1234.5
+    assert "streak_at" not in node.public()
