@@ -24,7 +24,8 @@ from replicarouter.routing.topology import Cluster
 
 from .election import Election
 from .events import log_transition
-from .rules import NodeHealth, PrimaryHistory, Rules, judge
+from .lag import PrimaryHistory
+from .rules import NodeHealth, Rules, judge
 
 logger = logging.getLogger("replicarouter.health")
 

@@ -1,39 +1,43 @@
-"""Node health state machine, lag arithmetic and the judgement of a round. Pure: probe results in,
-transitions out.
+"""Node health state machine and the judgement of a round. Pure: probe results in, transitions out.
 
 Nothing here does I/O or reads settings (no Django, Redis or psycopg2): ``judge()`` takes one round of
 probe results and returns every node's next health, the writer election (``election.py``) and the
 transitions (``NodeChange``, ``WriterChange``) as data; the monitor logs them, a one-off probe
-(``status()``) does not. The only state it changes is the ``PrimaryHistory`` it is given.
+(``status()``) does not. The only state it changes is the ``PrimaryHistory`` it is given (``lag.py``
+does the lag arithmetic).
 
 States: ``unknown`` (no good probe yet) → ``up`` on the first healthy probe; ``up``/``lagging`` → ``down``
 after ``FALL`` consecutive failed probes; ``down``/``lagging`` → ``up`` after ``RISE`` consecutive healthy
-probes; any good probe of a replica whose lag exceeds ``MAX_LAG_SECONDS`` or ``MAX_LAG_BYTES``, or whose
-lag cannot be measured, makes it ``lagging`` at once. Only ``up`` replicas are read from.
+answers at least ``CHECK_INTERVAL`` apart; any good probe of a replica whose lag exceeds
+``MAX_LAG_SECONDS`` or ``MAX_LAG_BYTES``, or whose lag cannot be measured, makes it ``lagging`` at once.
+Only ``up`` replicas are read from.
 
-Lag in bytes is the primary's current WAL position minus the replica's replayed position, both from the
-same round. Lag in seconds is how long the replica has been missing data the primary had: the monitor
-remembers the primary's position over time, and a replica that replayed up to P is behind since the
-first moment the primary was seen past P. This stays 0 on an idle primary, where the usual
-``now() - pg_last_xact_replay_timestamp()`` grows without any lag.
+The healthy streak counts answers spaced in time, not rounds, because rounds are not evenly spaced: a
+round against a frozen node lasts ``CHECK_TIMEOUT`` and the next one starts at once, so a node thawed
+late in a round would answer twice within milliseconds and RISE would mean nothing. A healthy answer
+counts only if it was judged at least ``interval * (1 - RISE_SLACK)`` after the last counted one
+(``streak_at``; the slack absorbs scheduling jitter); one that comes sooner leaves the streak as it is,
+and any failed or unhealthy probe starts it again.
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from replicarouter.routing.topology import Cluster
 from replicarouter.settings_schema import REPLICAROUTER_OPTIONS as _OPTIONS
 
 from .election import Election, elect
+from .lag import PrimaryHistory, measure_lag
 
 if TYPE_CHECKING:  # the probe's I/O is none of this module's business, only its results' type
     from .probe import ProbeResult
 
 STATES = ("up", "lagging", "down", "unknown")
+#: how much sooner than ``interval`` after the last counted healthy answer the next one may come and count
+RISE_SLACK = 0.1
 
 
 class RuleSettings(Protocol):
@@ -51,25 +55,38 @@ class RuleSettings(Protocol):
     @property
     def MAX_LAG_BYTES(self) -> int: ...
 
+    @property
+    def CHECK_INTERVAL(self) -> float: ...
+
 
 @dataclass(frozen=True)
 class Rules:
-    """When a node changes state: ``FALL`` / ``RISE`` probes in a row, lag limits (defaults: the schema's)."""
+    """When a node changes state: ``FALL`` / ``RISE`` probes in a row, lag limits (defaults: the schema's).
+
+    ``interval`` is how far apart (less ``RISE_SLACK``) the ``RISE`` healthy answers must be.
+    """
 
     fall: int = _OPTIONS["FALL"].default
     rise: int = _OPTIONS["RISE"].default
     max_lag_seconds: float = _OPTIONS["MAX_LAG_SECONDS"].default
     max_lag_bytes: int = _OPTIONS["MAX_LAG_BYTES"].default
+    interval: float = _OPTIONS["CHECK_INTERVAL"].default
 
     @classmethod
     def from_settings(cls, settings: RuleSettings) -> Rules:
-        """Return the rules that ``FALL``, ``RISE``, ``MAX_LAG_SECONDS`` and ``MAX_LAG_BYTES`` give."""
+        """Return the rules that ``FALL``, ``RISE``, ``MAX_LAG_*`` and ``CHECK_INTERVAL`` give."""
         return cls(
             fall=settings.FALL,
             rise=settings.RISE,
             max_lag_seconds=settings.MAX_LAG_SECONDS,
             max_lag_bytes=settings.MAX_LAG_BYTES,
+            interval=settings.CHECK_INTERVAL,
         )
+
+    @property
+    def rise_gap(self) -> float:
+        """Return how long after the last counted healthy answer the next one counts toward ``RISE``."""
+        return self.interval * (1 - RISE_SLACK)
 
 
 @dataclass(frozen=True)
@@ -101,13 +118,17 @@ class NodeHealth:
     probed_at: float | None = None
     #: when its server started (epoch seconds): a restart of a standby can take its position back
     started_at: float | None = None
+    #: when the last healthy answer that counted toward ``healthy_streak`` was judged (the ``now`` of
+    #: ``next_health``, not ``probed_at``: a round against a frozen node starts ``CHECK_TIMEOUT`` before
+    #: its answers arrive); None while the streak is 0
+    streak_at: float | None = None
 
     def public(self) -> dict[str, Any]:
         """Return the fields ``replicastatus --json`` shows for a node (pool stats are added later)."""
         data = asdict(self)
         internal_fields = (
             "configured_role", "failures", "healthy_streak", "position", "received",
-            "probed_at", "started_at",
+            "probed_at", "started_at", "streak_at",
         )  # fmt: skip
         for internal in internal_fields:
             data.pop(internal)
@@ -124,26 +145,6 @@ def initial_nodes(cluster: Cluster, databases: Mapping[str, Any]) -> dict[str, N
             alias, role, host=str(entry.get("HOST") or ""), port=str(entry.get("PORT") or "")
         )
     return nodes
-
-
-@dataclass
-class PrimaryHistory:
-    """The primary's WAL position over time, to tell how long a replica has been behind."""
-
-    samples: collections.deque[tuple[float, int]] = field(
-        default_factory=lambda: collections.deque(maxlen=600)
-    )
-
-    def add(self, when: float, position: int) -> None:
-        if not self.samples or position != self.samples[-1][1]:
-            self.samples.append((when, position))
-
-    def behind_since(self, position: int) -> float | None:
-        """Return when the primary was first seen past ``position`` (None: never, the replica is current)."""
-        for when, primary_position in self.samples:
-            if primary_position > position:
-                return when
-        return None
 
 
 def next_health(
@@ -164,7 +165,13 @@ def next_health(
         reason = f"probe failed ({failures}/{rules.fall}): {result.error}"
         return (
             replace(
-                node, state=state, failures=failures, healthy_streak=0, error=result.error, checked_at=now
+                node,
+                state=state,
+                failures=failures,
+                healthy_streak=0,
+                streak_at=None,
+                error=result.error,
+                checked_at=now,
             ),
             reason,
         )
@@ -184,7 +191,15 @@ def next_health(
             healthy, reason = False, f"lag {lag_seconds:.1f} s > MAX_LAG_SECONDS {rules.max_lag_seconds:g}"
     elif promoted:
         reason = "promoted: no longer in recovery"
-    streak = node.healthy_streak + 1 if healthy else 0
+    streak, wait = 0, 0.0
+    streak_at: float | None = None
+    if healthy:
+        streak, streak_at = node.healthy_streak + 1, now
+        if node.streak_at is not None and now - node.streak_at < rules.rise_gap:
+            # too soon after the last counted answer (a round right after one a frozen node stretched):
+            # the streak stays as it is
+            streak, streak_at = node.healthy_streak, node.streak_at
+            wait = node.streak_at + rules.rise_gap - now
     if not healthy:
         state = "lagging"
     elif node.state in ("up", "unknown") or streak >= rules.rise:
@@ -192,6 +207,8 @@ def next_health(
     else:
         state = node.state
         reason = f"healthy {streak}/{rules.rise}"
+        if wait:
+            reason += f", next count after {wait:.2f} s"
     updated = replace(
         node,
         role=role,
@@ -203,6 +220,7 @@ def next_health(
         promoted=promoted,
         failures=0,
         healthy_streak=streak,
+        streak_at=streak_at,
         position=result.position,
         received=result.receive_position,
         timeline=result.timeline,
@@ -210,26 +228,6 @@ def next_health(
         started_at=result.server_started,
     )
     return updated, reason
-
-
-def measure_lag(
-    result: ProbeResult, primary_position: int | None, history: PrimaryHistory | None, now: float
-) -> tuple[int | None, float | None]:
-    """Return ``(lag_bytes, lag_seconds)`` of a standby (None where unknown)."""
-    if primary_position is None or result.position is None:
-        return None, None
-    lag_bytes = max(0, primary_position - result.position)
-    if lag_bytes == 0:
-        return 0, 0.0
-    if history is None:  # no memory (a one-off probe): the replay timestamp is the best bound we have
-        return lag_bytes, result.replay_age
-    since = history.behind_since(result.position)
-    if since is None:  # the primary was never seen past it: the same
-        return lag_bytes, result.replay_age
-    if since > history.samples[0][0]:
-        return lag_bytes, max(0.0, now - since)
-    # behind since before what we remember: the larger of the two bounds we have
-    return lag_bytes, max(result.replay_age or 0.0, now - since)
 
 
 def usable(nodes: dict[str, NodeHealth]) -> frozenset[str]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -20,7 +21,7 @@ from replicarouter import request_context
 from replicarouter.health import monitor
 from replicarouter.health import store as health
 from replicarouter.health.probe import ClusterProbe
-from replicarouter.health.rules import Rules, initial_nodes, usable
+from replicarouter.health.rules import RISE_SLACK, Rules, initial_nodes, usable
 from replicarouter.health.shared import LEASE_INTERVALS
 from replicarouter.routing.topology import build
 from replicarouter.testing import django_settings
@@ -122,6 +123,61 @@ def test_frozen_replica_does_not_stall_the_monitor(replica_cluster, fast_monitor
     finally:
         replica_cluster.thaw("replica2")
     wait_for("replica2 up", lambda: _state("replica2").state == "up", timeout=5)
+
+
+def test_frozen_replica_back_needs_rise_rounds_an_interval_apart(replica_cluster, monkeypatch):
+    """Bug guarded: after a freeze RISE gave no hysteresis (issue 16).
+
+    Fault: replica2 frozen (SIGSTOP) until down, then thawed once a round has waited on it for longer
+    than CHECK_INTERVAL: that round ends with its answer and the next starts at once, so two healthy
+    answers came milliseconds apart and RISE=2 made it up at the second. Expected: in the snapshots the
+    monitor installed, at least (RISE-1) x CHECK_INTERVAL x (1 - RISE_SLACK) between replica2's first
+    healthy answer and its becoming up (times as the monitor judged them: no polling delay in them).
+    """
+    fast = {"CHECK_INTERVAL": 0.3, "CHECK_TIMEOUT": 1.5, "FALL": 2, "RISE": 2}
+    installed = []  # replica2's health in every snapshot the monitor installed, in order
+    install = monitor.set_snapshot
+
+    def record(cluster, value):
+        if cluster == "default":
+            installed.append(value.nodes["replica2"])
+        install(cluster, value)
+
+    monkeypatch.setattr(monitor, "set_snapshot", record)
+    values = replica_cluster.replicarouter_settings(KEY_PREFIX=f"t{uuid.uuid4().hex[:6]}", **fast)
+    monitor.stop()
+    with override_settings(REPLICAROUTER=values):
+        running = monitor.ensure_started()
+        try:
+            wait_for(
+                "both up", lambda: health.usable_replicas("default") == {"replica1", "replica2"}, timeout=10
+            )
+            replica_cluster.freeze("replica2")
+            try:
+                wait_for("replica2 down", lambda: _state("replica2").state == "down", timeout=15)
+                # thaw late in a round that waits on replica2 (its probe deadline is CHECK_TIMEOUT): past
+                # CHECK_INTERVAL into it, so that the next round starts as soon as it ends
+                under_way = running.rounds
+                wait_for("a new round", lambda: running.rounds > under_way, timeout=10)
+                began = time.monotonic()
+                wait_for(
+                    "the round to outlast CHECK_INTERVAL",
+                    lambda: time.monotonic() - began >= 2 * fast["CHECK_INTERVAL"],
+                    timeout=5,
+                )
+            finally:
+                replica_cluster.thaw("replica2")
+            wait_for("replica2 up", lambda: _state("replica2").state == "up", timeout=15)
+        finally:
+            monitor.stop()
+    went_down = next(i for i, n in enumerate(installed) if n.state == "down")
+    back = installed[went_down:]
+    first_healthy = next(n for n in back if n.failures == 0 and n.healthy_streak >= 1)
+    came_up = next(n for n in back if n.state == "up")
+    assert first_healthy.state == "down"  # RISE=2: one healthy answer is not enough
+    least = (fast["RISE"] - 1) * fast["CHECK_INTERVAL"] * (1 - RISE_SLACK)
+    took = came_up.checked_at - first_healthy.checked_at
+    assert took >= least, (took, [(n.state, n.healthy_streak, n.checked_at, n.error) for n in back])
 
 
 def test_paused_replay_is_lagging_and_avoided(replica_cluster, ports):
@@ -276,8 +332,10 @@ def test_replica_back_from_down_needs_rise_healthy_rounds(replica_cluster, caplo
     per-cluster round (``ClusterProbe.round``) is driven here one round at a time, so rounds are counted,
     not timed: down after FALL failed rounds, and back up only at the RISE-th healthy round after the
     last failure (a streak carried over from before the fault would bring it back at the first one).
+    ``interval=0``: the rounds run back to back, and each healthy one counts (the spacing of counted
+    answers is ``test_frozen_replica_back_needs_rise_rounds_an_interval_apart``'s).
     """
-    rules = Rules(fall=2, rise=3)
+    rules = Rules(fall=2, rise=3, interval=0.0)
     databases = replica_cluster.databases()
     spec = build(databases, None)[0].default
     probe = ClusterProbe(spec, databases, timeout=2.0)

@@ -37,6 +37,7 @@ PURE = [
     "pool/reset.py",
     "settings_schema.py",
     "health/rules.py",
+    "health/lag.py",
     "health/election.py",
 ]
 IMPURE_IMPORTS = ("django", "redis", "sqlalchemy", "psycopg2", "psycopg", "replicarouter.conf")

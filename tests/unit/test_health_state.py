@@ -7,12 +7,15 @@ import time
 from dataclasses import asdict, replace
 from types import SimpleNamespace
 
+from replicarouter.health.election import Election
+from replicarouter.health.lag import PrimaryHistory, measure_lag
 from replicarouter.health.probe import Prober, ProbeResult, lsn_to_int
-from replicarouter.health.rules import NodeHealth, PrimaryHistory, Rules, measure_lag, next_health, usable
+from replicarouter.health.rules import RISE_SLACK, NodeHealth, Rules, next_health, usable
+from replicarouter.health.shared import Published, decode, encode
 from replicarouter.health.store import STALE_INTERVALS, Snapshot, set_snapshot, usable_replicas
 from replicarouter.settings_schema import REPLICAROUTER_OPTIONS
 
-RULES = Rules(fall=2, rise=2, max_lag_seconds=5.0, max_lag_bytes=1000)
+RULES = Rules(fall=2, rise=2, max_lag_seconds=5.0, max_lag_bytes=1000, interval=1.0)
 
 
 def ok(alias="r1", position=1000, in_recovery=True, replay_age=None):
@@ -42,7 +45,7 @@ def test_rise_good_probes_bring_a_down_node_back():
     node = NodeHealth("r1", "replica", state="down", failures=3)
     node = step(node, ok())
     assert node.state == "down" and node.healthy_streak == 1
-    node = step(node, ok())
+    node = step(node, ok(), now=101.0)  # the next round, CHECK_INTERVAL later
     assert node.state == "up"
 
 
@@ -51,7 +54,7 @@ def test_lag_over_a_limit_is_lagging_at_once_and_needs_rise_to_recover():
     assert node.state == "lagging" and node.lag_bytes == 5000
     node = step(node, ok(position=5000), primary_position=5000)
     assert node.state == "lagging"
-    node = step(node, ok(position=5000), primary_position=5000)
+    node = step(node, ok(position=5000), primary_position=5000, now=101.0)
     assert node.state == "up"
 
 
@@ -125,7 +128,7 @@ def test_rise_counts_only_consecutive_healthy_probes():
     assert (node.state, node.healthy_streak, node.failures) == ("down", 0, 1)
     node = step(node, ok())
     assert (node.state, node.healthy_streak) == ("down", 1)
-    node = step(node, ok())
+    node = step(node, ok(), now=101.0)
     assert (node.state, node.healthy_streak) == ("up", 2)
 
 
@@ -161,7 +164,7 @@ def test_a_good_probe_records_everything_it_measured():
     assert updated == NodeHealth(
         "r1", "replica", host="h", port="5", role="replica", state="up", lag_bytes=100, lag_seconds=0.5,
         checked_at=42.0, error=None, promoted=False, failures=0, healthy_streak=2, position=900,
-        received=950, timeline=3,
+        received=950, timeline=3, streak_at=42.0,
     )  # fmt: skip
     assert reason == "probe ok"
 
@@ -218,7 +221,9 @@ def test_a_healthy_probe_short_of_rise_says_how_far_it_is():
     lagging = NodeHealth("r1", "replica", state="lagging")
     node, reason = judge(lagging, ok())
     assert node.state == "lagging" and reason == "healthy 1/2"
-    node, reason = judge(node, ok())
+    node, reason = judge(node, ok(), now=100.5)  # too soon after the first: says when one counts again
+    assert node.state == "lagging" and reason == "healthy 1/2, next count after 0.40 s"
+    node, reason = judge(node, ok(), now=101.0)
     assert node.state == "up" and reason == "probe ok"
     # an up node whose streak was broken by one failure stays up on its next good probe
     node, reason = judge(NodeHealth("r1", "replica", state="up", failures=1), ok())
@@ -290,12 +295,17 @@ def test_public_fields_leave_out_the_counters():
 
 
 def test_rules_come_from_the_settings_and_default_to_the_schema():
-    settings = SimpleNamespace(FALL=3, RISE=4, MAX_LAG_SECONDS=5.5, MAX_LAG_BYTES=600)
-    assert Rules.from_settings(settings) == Rules(fall=3, rise=4, max_lag_seconds=5.5, max_lag_bytes=600)
+    settings = SimpleNamespace(FALL=3, RISE=4, MAX_LAG_SECONDS=5.5, MAX_LAG_BYTES=600, CHECK_INTERVAL=1.5)
+    assert Rules.from_settings(settings) == Rules(
+        fall=3, rise=4, max_lag_seconds=5.5, max_lag_bytes=600, interval=1.5
+    )
     keys = ("FALL", "RISE", "MAX_LAG_SECONDS", "MAX_LAG_BYTES")
     schema = {key.lower(): REPLICAROUTER_OPTIONS[key].default for key in keys}
+    schema["interval"] = REPLICAROUTER_OPTIONS["CHECK_INTERVAL"].default
     assert asdict(Rules()) == schema
-    assert schema == {"fall": 2, "rise": 2, "max_lag_seconds": 10.0, "max_lag_bytes": 16 * 1024 * 1024}
+    assert schema == {
+        "fall": 2, "rise": 2, "max_lag_seconds": 10.0, "max_lag_bytes": 16 * 1024 * 1024, "interval": 0.5
+    }  # fmt: skip
 
 
 def test_a_good_probe_records_when_its_round_started_and_when_the_server_started():
@@ -306,3 +316,70 @@ def test_a_good_probe_records_when_its_round_started_and_when_the_server_started
     failed = step(after, fail())
     assert (failed.probed_at, failed.started_at) == (99.5, 12.25)  # the last good probe's, kept
     assert "probed_at" not in after.public() and "started_at" not in after.public()
+
+
+# -- RISE: healthy answers at least CHECK_INTERVAL apart (issue 16) --------------------------------------
+
+
+def test_two_healthy_answers_milliseconds_apart_do_not_bring_a_lagging_node_up():
+    """Bug guarded: a round against a frozen node lasts CHECK_TIMEOUT and the next starts at once, so the
+    thawed node answered twice 10 ms apart and RISE=2 made it up with no hysteresis at all. The rounds'
+    starts (``probed_at``) are CHECK_TIMEOUT apart; the answers were judged 10 ms apart, and that counts."""
+    lagging = NodeHealth("r1", "replica", state="lagging")
+    node = step(lagging, replace(ok(), probed_at=99.0), now=100.0)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.0)
+    node, reason = judge(node, replace(ok(), probed_at=100.0), now=100.01)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.0)  # kept, not counted
+    assert reason == "healthy 1/2, next count after 0.89 s"
+    assert "r1" not in usable({"r1": node})
+
+
+def test_healthy_answers_an_interval_apart_bring_a_lagging_node_up():
+    node = step(NodeHealth("r1", "replica", state="lagging"), ok(), now=100.0)
+    node = step(node, ok(), now=100.01)  # too soon: ignored, the first one's time stays the mark
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.0)
+    node = step(node, ok(), now=101.0)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("up", 2, 101.0)
+    assert "r1" in usable({"r1": node})
+
+
+def test_a_lagging_or_failed_answer_in_between_starts_the_streak_again():
+    """A lagging or failed answer resets the streak and its time: the next healthy answer counts at once,
+    and the one after it only an interval after that one, not after the answers before the reset."""
+    node = step(NodeHealth("r1", "replica", state="lagging"), ok(), now=100.0)
+    node = step(node, ok(position=0), primary_position=5000, now=100.5)  # lagging again
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 0, None)
+    node = step(node, ok(), now=100.6)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.6)
+    node = step(node, ok(), now=101.0)  # an interval after the first healthy answer, not after the restart
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 100.6)
+    node = step(node, fail(), now=101.2)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 0, None)
+    node = step(node, ok(), now=101.3)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("lagging", 1, 101.3)
+    node = step(node, ok(), now=102.3)
+    assert (node.state, node.healthy_streak) == ("up", 2)
+
+
+def test_rise_slack_an_answer_counts_from_interval_less_the_slack():
+    gap = RULES.interval * (1 - RISE_SLACK)
+    assert RISE_SLACK == 0.1 and RULES.rise_gap == gap
+    down = NodeHealth("r1", "replica", state="down", healthy_streak=1, streak_at=100.0)
+    early = step(down, ok(), now=100.0 + gap - 0.001)
+    assert (early.state, early.healthy_streak, early.streak_at) == ("down", 1, 100.0)
+    at = step(down, ok(), now=100.0 + gap)
+    assert (at.state, at.healthy_streak, at.streak_at) == ("up", 2, 100.0 + gap)
+
+
+def test_an_unknown_node_is_up_at_its_first_healthy_answer_and_stays_up():
+    node = step(NodeHealth("r1", "replica"), ok(), now=100.0)
+    assert (node.state, node.healthy_streak, node.streak_at) == ("up", 1, 100.0)
+    node = step(node, ok(), now=100.01)  # up stays up, however soon the next answer comes
+    assert (node.state, node.healthy_streak, node.streak_at) == ("up", 1, 100.0)
+
+
+def test_streak_at_survives_the_shared_snapshot_and_stays_out_of_public():
+    node = NodeHealth("r1", "replica", state="down", healthy_streak=1, streak_at=1234.5)
+    published = Published({"r1": node}, Election("r1", frozenset(), 1, ""), "host:1:abc", 1000.0)
+    assert decode(encode(published, 1.0), "r1").nodes["r1"].streak_at == 1234.5
+    assert "streak_at" not in node.public()
