@@ -233,7 +233,8 @@ REPLICAROUTER_OPTIONS: Mapping[str, Option] = _table(
         kind=Kind.INTEGER,
     ),
     _positive(
-        "RISE", 2, "replicarouter.E037", "healthy probes in a row before a node is up again", Unit.PROBES,
+        "RISE", 2, "replicarouter.E037",
+        "healthy probes in a row, CHECK_INTERVAL apart, before a node is up again", Unit.PROBES,
         kind=Kind.INTEGER,
     ),
     _choice("STICKY", Sticky.LSN, "replicarouter.E038", "how a session's reads follow its own writes"),
