@@ -364,11 +364,12 @@ def test_a_lagging_or_failed_answer_in_between_starts_the_streak_again():
 def test_rise_slack_an_answer_counts_from_interval_less_the_slack():
     gap = RULES.interval * (1 - RISE_SLACK)
     assert RISE_SLACK == 0.1 and RULES.rise_gap == gap
-    down = NodeHealth("r1", "replica", state="down", healthy_streak=1, streak_at=100.0)
-    early = step(down, ok(), now=100.0 + gap - 0.001)
-    assert (early.state, early.healthy_streak, early.streak_at) == ("down", 1, 100.0)
-    at = step(down, ok(), now=100.0 + gap)
-    assert (at.state, at.healthy_streak, at.streak_at) == ("up", 2, 100.0 + gap)
+    # counted at 0.0: ``now - streak_at`` is then exactly ``gap`` (no rounding), so ``<`` vs ``<=`` shows
+    down = NodeHealth("r1", "replica", state="down", healthy_streak=1, streak_at=0.0)
+    early = step(down, ok(), now=gap - 0.001)
+    assert (early.state, early.healthy_streak, early.streak_at) == ("down", 1, 0.0)
+    at = step(down, ok(), now=gap)
+    assert (at.state, at.healthy_streak, at.streak_at) == ("up", 2, gap)
 
 
 def test_an_unknown_node_is_up_at_its_first_healthy_answer_and_stays_up():
