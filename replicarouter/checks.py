@@ -16,6 +16,8 @@ configured but the router not installed; W012 replica alias without TEST MIRROR;
 placed after a middleware that may write after the view returned (outside its routing state); W014
 PROMOTE_AFTER without REDIS_URL
 (promotion needs the Redis lease that makes one process the cluster's leader, so it would never happen).
+Shared Redis: W015 the default KEY_PREFIX, and Redis holds health keys of another site under it (one
+bounded SCAN; Redis down means no warning).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from replicarouter.routing.topology import build as build_topology
 from replicarouter.settings_schema import POOL_OPTIONS, REPLICAROUTER_OPTIONS, Kind
 
+from . import redis_client
 from .conf import settings_problems
 from .pool import POOL_DEFAULTS, pool_problems
 
@@ -63,6 +66,7 @@ CHECK_IDS = tuple(
             "replicarouter.W012",
             "replicarouter.W013",
             "replicarouter.W014",
+            "replicarouter.W015",
             # CLUSTERS is validated by topology.build, under E010 and E011–E016, E019–E022 above
             *(
                 option.check_id
@@ -263,3 +267,34 @@ def _django_uses_psycopg3() -> bool:
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
     return bool(is_psycopg3)
+
+
+@register("replicarouter")
+def check_shared_redis(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warn when another site's health keys share this site's Redis under the default KEY_PREFIX."""
+    values = getattr(settings, "REPLICAROUTER", None)
+    prefix_option = REPLICAROUTER_OPTIONS["KEY_PREFIX"]
+    if not isinstance(values, dict) or not values.get("REDIS_URL"):
+        return []
+    prefix = values.get("KEY_PREFIX", prefix_option.default)
+    if prefix != prefix_option.default:
+        return []
+    try:
+        ours = redis_client.fingerprints()
+        foreign = redis_client.foreign_health_keys(redis_client.client(), prefix, ours)
+    except Exception:  # Redis down or settings invalid (other checks report those): nothing to say here
+        return []
+    if not foreign:
+        return []
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return [
+        Warning(
+            f"Redis at REDIS_URL holds health keys of other databases under the default KEY_PREFIX "
+            f"{prefix!r}: {shown} (this site's fingerprints: "
+            f"{', '.join(f'{c}={f}' for c, f in sorted(ours.items()))}). Another site shares this Redis.",
+            hint="Give each site a KEY_PREFIX of its own (e.g. REPLICAROUTER['KEY_PREFIX'] = 'shop-prod'). "
+            "Keys are bound to each cluster's databases, but two sites whose DATABASES read the same "
+            "(same host names, ports and database names on different networks) would share them.",
+            id="replicarouter.W015",
+        )
+    ]

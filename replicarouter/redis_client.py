@@ -1,22 +1,41 @@
 """The Redis that processes of a site share: one client per process and one key scheme.
 
-Every Redis key replicarouter uses is made by ``key()``: ``{KEY_PREFIX}:{kind}:{cluster}:{parts...}``
-(``kind`` is ``health`` or ``sticky``). The client is built from ``REDIS_URL`` with ``CHECK_TIMEOUT`` as
-its socket timeouts, once per process and settings, and forgotten in a forked child (redis-py never shuts
-down a socket of another process, so the parent's connections keep working).
+Every Redis key replicarouter uses is made by ``key()``:
+``{KEY_PREFIX}:{kind}:{cluster}:{fingerprint}:{parts...}`` (``kind`` is ``health``, ``sticky`` or
+``sticky-pin``). The fingerprint binds the key to the databases the cluster's aliases point at
+(``topology.fingerprint``: a hash of every node's ``host:port/dbname``, plus this machine's hostname when
+a node is local), so two sites sharing one Redis never read or steer by each other's keys, whatever
+their ``KEY_PREFIX`` and alias names. It needs no I/O: a new process uses a shared snapshot from its
+first request. Fingerprints are computed once per process and settings (forgotten when DATABASES or
+REPLICAROUTER change, on ``runtime.reset()``).
+
+The client is built from ``REDIS_URL`` with ``CHECK_TIMEOUT`` as its socket timeouts, once per process
+and settings, and forgotten in a forked child (redis-py never shuts down a socket of another process,
+so the parent's connections keep working).
 """
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 from typing import Any
 
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+from replicarouter.routing.topology import fingerprint as cluster_fingerprint
+
 from . import runtime
-from .conf import settings
+from .conf import settings, topology
 
 _client: Any = None
 _client_key: tuple[str, float] | None = None
 _lock = threading.Lock()
+#: (DATABASES, REPLICAROUTER, {cluster: fingerprint}) as last computed
+_fingerprints: tuple[Any, Any, dict[str, str]] | None = None
+#: a health key of release 0.2 after ``{prefix}:health:``: cluster, fingerprint, leader or snapshot
+_HEALTH_KEY = re.compile(r"(?P<cluster>.+):(?P<fingerprint>[0-9a-f]{16}):(?:leader|snapshot)")
 
 
 def client() -> Any:
@@ -40,9 +59,51 @@ def client() -> Any:
         return _client
 
 
+def fingerprints() -> dict[str, str]:
+    """Return every cluster's fingerprint by cluster name (computed once per settings)."""
+    global _fingerprints
+    databases = django_settings.DATABASES
+    values = getattr(django_settings, "REPLICAROUTER", None)
+    cached = _fingerprints
+    if cached is not None and cached[0] is databases and cached[1] is values:
+        return cached[2]
+    hostname = socket.gethostname()
+    computed = {c.name: cluster_fingerprint(c, databases, hostname) for c in topology().clusters}
+    _fingerprints = (databases, values, computed)
+    return computed
+
+
+def fingerprint(cluster: str) -> str:
+    """Return the fingerprint of ``cluster`` (KeyError for a cluster the settings do not name)."""
+    return fingerprints()[cluster]
+
+
 def key(kind: str, cluster: str, *parts: str) -> str:
-    """Return the Redis key of ``kind`` (``health``, ``sticky``) for ``cluster`` and ``parts``."""
-    return ":".join((settings.KEY_PREFIX, kind, cluster, *parts))
+    """Return the Redis key of ``kind`` (``health``, ``sticky``, ``sticky-pin``) for ``cluster``."""
+    return ":".join((settings.KEY_PREFIX, kind, cluster, fingerprint(cluster), *parts))
+
+
+def foreign_health_keys(
+    redis: Any, prefix: str, ours: dict[str, str], *, count: int = 1000, calls: int = 10
+) -> list[str]:
+    """Return the health keys under ``prefix`` whose cluster and fingerprint are none of ``ours``.
+
+    Bounded: at most ``calls`` SCAN calls of ``count`` keys each (a sample in a big Redis). Keys of
+    release 0.1 (no fingerprint) are not counted: they may be this site's own, mid-deploy.
+    """
+    found: list[str] = []
+    start = f"{prefix}:health:"
+    cursor: Any = 0
+    for _ in range(calls):
+        cursor, keys = redis.scan(cursor, match=start + "*", count=count)
+        for raw in keys:
+            name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            match = _HEALTH_KEY.fullmatch(name[len(start) :])
+            if match and ours.get(match["cluster"]) != match["fingerprint"]:
+                found.append(name)
+        if int(cursor) == 0:
+            break
+    return sorted(found)
 
 
 @runtime.on_fork
@@ -52,3 +113,14 @@ def forget() -> None:
     global _client, _client_key, _lock
     _client, _client_key = None, None
     _lock = threading.Lock()
+
+
+@runtime.on_reset
+def forget_fingerprints(**kwargs: Any) -> None:
+    """Forget the computed fingerprints (also connected to ``setting_changed``)."""
+    global _fingerprints
+    if kwargs.get("setting") in (None, "DATABASES", "REPLICAROUTER"):
+        _fingerprints = None
+
+
+setting_changed.connect(forget_fingerprints, dispatch_uid="replicarouter.redis_client.forget_fingerprints")

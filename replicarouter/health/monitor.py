@@ -9,7 +9,8 @@ Design:
 - **A round is a few named steps per cluster.** With ``REDIS_URL``: take or renew the cluster's lease
   (``shared.lead``); as its leader, probe, judge and log (``probe.ClusterProbe.round``), start a promotion
   when ``PROMOTE_AFTER`` allows (``failover.Promotions``) and publish (``shared.publish``); as a follower,
-  read the leader's snapshot (``shared.fetch``), and probe for ourselves while it is missing or stale.
+  read the leader's snapshot (``shared.fetch``), and probe for ourselves while it is missing, stale or
+  names servers our own probes did not reach (another site's).
   Then dispose of the pools the round made suspect, count a failover, install the snapshot (``store``).
   Without Redis each process probes for itself. Redis errors never reach a request: the process probes
   for itself until Redis answers again.
@@ -91,6 +92,8 @@ class Monitor:
         #: the last node seen taking each cluster's writes (a failover is counted when another one does)
         self._last_writer: dict[str, str] = {}
         self._redis_ok: bool | None = None
+        #: the system identifiers this process's own last probe of each cluster saw (fetch checks them)
+        self._identifiers: dict[str, frozenset[str]] = {}
         #: rounds this process probed a cluster itself (tests and benchmarks count them)
         self.probe_rounds = 0
         self.rounds = 0
@@ -167,7 +170,8 @@ class Monitor:
                 shared.publish(client, cluster.name, published, inputs.interval)
                 view = _View(nodes, election, "leader", self.identity, published.published_at)
             else:
-                fetched = shared.fetch(client, cluster, inputs.interval)
+                known = self._identifiers.get(cluster.name, frozenset())
+                fetched = shared.fetch(client, cluster, inputs.interval, known)
                 if fetched is None:  # the leader is late or gone: see for ourselves meanwhile
                     view = self._local(cluster, nodes, previous, inputs)
                 else:
@@ -198,7 +202,11 @@ class Monitor:
                 probe.close()
             probe = self._probes[cluster.name] = ClusterProbe(cluster, inputs.databases, inputs.timeout)
         self.probe_rounds += 1
-        return probe.round(nodes, inputs.timeout, inputs.rules, previous)
+        nodes, election = probe.round(nodes, inputs.timeout, inputs.rules, previous)
+        self._identifiers[cluster.name] = frozenset(
+            n.system_identifier for n in nodes.values() if n.system_identifier
+        )
+        return nodes, election
 
     def _apply(self, cluster: Cluster, view: _View, inputs: _Inputs) -> None:
         """Dispose of the pools this round made suspect, count a failover, install the snapshot."""

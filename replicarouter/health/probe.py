@@ -41,6 +41,9 @@ PROBE_SQL = (
     # when the server started: a restarted standby may come back behind what it had replayed
     "extract(epoch FROM pg_postmaster_start_time())"
 )
+#: asked once per probe connection, apart from PROBE_SQL: a role without EXECUTE on pg_control_system()
+#: (PUBLIC has it by default) gets an error here, and its probes go on without the identifier
+IDENTIFIER_SQL = "SELECT system_identifier::text FROM pg_control_system()"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class ProbeResult:
     probed_at: float | None = None
     #: when the node's server started (``pg_postmaster_start_time()``, epoch seconds)
     server_started: float | None = None
+    #: ``pg_control_system().system_identifier`` (None when the role may not read it)
+    system_identifier: str | None = None
 
 
 def lsn_to_int(lsn: str | None) -> int | None:
@@ -83,6 +88,9 @@ class _Target:
         self.cursor: Any = None
         self.phase = "idle"
         self.result: ProbeResult | None = None
+        #: the server's system identifier, asked once per connection (None: not yet, or not permitted)
+        self.system_identifier: str | None = None
+        self.identified = False
 
     def start(self, started: float, wall: float | None = None) -> None:
         import psycopg2
@@ -101,19 +109,39 @@ class _Target:
 
     def _send(self) -> None:
         self.cursor = self.conn.cursor()
-        self.cursor.execute(PROBE_SQL)
-        self.phase = "query"
+        if self.identified:
+            self.cursor.execute(PROBE_SQL)
+            self.phase = "query"
+        else:
+            self.cursor.execute(IDENTIFIER_SQL)
+            self.phase = "identify"
+
+    def _identified(self, identifier: str | None) -> tuple[str, int] | None:
+        self.system_identifier, self.identified = identifier, True
+        self._send()
+        return self.step()
 
     def step(self) -> tuple[str, int] | None:
         """Advance; return ``("r"|"w", fd)`` to wait on, or None when finished."""
+        import psycopg2
         import psycopg2.extensions as ext
 
         try:
-            state = self.conn.poll()
+            try:
+                state = self.conn.poll()
+            except psycopg2.DatabaseError as exc:
+                if self.phase != "identify" or self.conn.closed:
+                    raise
+                # refused (no EXECUTE on pg_control_system()) or not PostgreSQL's: probe without it
+                logger.debug("no system identifier for %s: %s", self.alias, exc)
+                return self._identified(None)
             if state == ext.POLL_OK:
                 if self.phase == "connect":
                     self._send()
                     return self.step()
+                if self.phase == "identify":
+                    row = self.cursor.fetchone()
+                    return self._identified(None if row is None or row[0] is None else str(row[0]))
                 row = self.cursor.fetchone()
                 self.cursor.close()
                 self.finish(row)
@@ -141,6 +169,7 @@ class _Target:
             timeline=timeline,
             probed_at=self.wall,
             server_started=None if server_started is None else float(server_started),
+            system_identifier=self.system_identifier,
         )
 
     def fail(self, error: str) -> None:
@@ -151,6 +180,7 @@ class _Target:
 
     def drop(self) -> None:
         conn, self.conn = self.conn, None
+        self.system_identifier, self.identified = None, False  # the next connection may reach another server
         if conn is not None:
             with contextlib.suppress(Exception):  # a broken connection may raise; it is gone either way
                 conn.close()
@@ -176,7 +206,7 @@ class Prober:
             readers: list[int] = []
             writers: list[int] = []
             for target in self.targets.values():
-                if target.phase in ("connect", "query"):
+                if target.phase in ("connect", "identify", "query"):
                     wait = target.step()
                     if wait is not None:
                         (readers if wait[0] == "r" else writers).append(wait[1])

@@ -122,13 +122,16 @@ class NodeHealth:
     #: ``next_health``, not ``probed_at``: a round against a frozen node starts ``CHECK_TIMEOUT`` before
     #: its answers arrive); None while the streak is 0
     streak_at: float | None = None
+    #: the server's ``pg_control_system().system_identifier`` (shared by a primary and its standbys;
+    #: None when not permitted): a snapshot whose primary has another one is for other databases
+    system_identifier: str | None = None
 
     def public(self) -> dict[str, Any]:
         """Return the fields ``replicastatus --json`` shows for a node (pool stats are added later)."""
         data = asdict(self)
         internal_fields = (
             "configured_role", "failures", "healthy_streak", "position", "received",
-            "probed_at", "started_at", "streak_at",
+            "probed_at", "started_at", "streak_at", "system_identifier",
         )  # fmt: skip
         for internal in internal_fields:
             data.pop(internal)
@@ -226,6 +229,7 @@ def next_health(
         timeline=result.timeline,
         probed_at=result.probed_at,
         started_at=result.server_started,
+        system_identifier=result.system_identifier,
     )
     return updated, reason
 

@@ -11,6 +11,10 @@ Design:
   says whether a decoded one may be used (published for this topology, fresh, naming a writer among its
   nodes): pure, unit-tested without Redis. ``lead``, ``release``, ``publish`` and ``fetch`` do the Redis
   calls, on the process's client and keys from ``replicarouter.redis_client``.
+- **Bound to the cluster's databases.** The keys carry the cluster's fingerprint (``redis_client.key``),
+  so another site's lease and snapshot are other keys. In depth: nodes publish their server's
+  ``system_identifier``, and a process that probed its cluster itself ignores a snapshot naming an
+  identifier its own probes did not see (``foreign``: logged once, counted as ``foreign_snapshots``).
 - **The JSON is an external format**: processes of another release read it during a rolling deploy.
 """
 
@@ -25,6 +29,8 @@ from dataclasses import asdict, fields
 from typing import Any, NamedTuple
 
 from replicarouter import redis_client as shared_redis
+from replicarouter import runtime
+from replicarouter.observability import stats
 from replicarouter.routing.topology import Cluster
 
 from .election import Election
@@ -35,6 +41,9 @@ logger = logging.getLogger("replicarouter.health")
 LEASE_INTERVALS = 3
 _NODE_FIELDS = frozenset(f.name for f in fields(NodeHealth))
 SNAPSHOT_TTL_INTERVALS = 10
+#: clusters whose foreign snapshot this process already logged (logged once, counted always)
+_warned: set[str] = set()
+runtime.on_reset(_warned.clear)
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -91,8 +100,14 @@ def publish(client: Any, cluster: str, published: Published, interval: float) ->
     client.set(snapshot_key(cluster), encode(published, interval), px=ttl)
 
 
-def fetch(client: Any, cluster: Cluster, interval: float) -> Published | None:
-    """Return the snapshot published for ``cluster``; None if missing, unreadable or not applicable."""
+def fetch(
+    client: Any, cluster: Cluster, interval: float, known: frozenset[str] = frozenset()
+) -> Published | None:
+    """Return the snapshot published for ``cluster``; None if missing, unreadable or not applicable.
+
+    ``known``: the system identifiers this process's own probes of ``cluster`` saw (empty if it never
+    probed); a snapshot naming another one is ignored, logged once and counted.
+    """
     key = snapshot_key(cluster.name)
     raw = client.get(key)
     if raw is None:
@@ -104,7 +119,24 @@ def fetch(client: Any, cluster: Cluster, interval: float) -> Published | None:
             "ignoring an unreadable health snapshot at %s", key, extra={"replicarouter_event": "bad_snapshot"}
         )
         return None
-    return published if applies(published, cluster, interval=interval, now=time.time()) else None
+    if not applies(published, cluster, interval=interval, now=time.time()):
+        return None
+    stranger = foreign(published, known)
+    if stranger is not None:
+        stats.incr("foreign_snapshots", cluster.name)
+        if cluster.name not in _warned:
+            _warned.add(cluster.name)
+            logger.warning(
+                "ignoring the health snapshot at %s: it names server %s, but this process's probes of "
+                "cluster %r reached %s (another site's databases?); probing for itself",
+                key,
+                stranger,
+                cluster.name,
+                ", ".join(sorted(known)),
+                extra={"replicarouter_event": "foreign_snapshot", "replicarouter_cluster": cluster.name},
+            )
+        return None
+    return published
 
 
 def encode(published: Published, interval: float) -> str:
@@ -156,3 +188,14 @@ def applies(published: Published, cluster: Cluster, *, interval: float, now: flo
         return False
     writer = published.election.writer
     return writer is None or writer in published.nodes
+
+
+def foreign(published: Published, known: frozenset[str]) -> str | None:
+    """Return a system identifier ``published`` names that is not in ``known`` (None: none, or nothing known).
+
+    A primary and its standbys share one identifier; a node of another cluster has its own.
+    """
+    if not known:
+        return None
+    named = sorted({n.system_identifier for n in published.nodes.values() if n.system_identifier} - known)
+    return named[0] if named else None

@@ -33,6 +33,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reads_aborted": ("Reads cut by the watchdog (READ_TIMEOUT on an unresponsive node)", ("alias",)),
     "primary_unavailable": ("PrimaryUnavailable raised: no writer, or it cannot be reached", ("cluster",)),
     "failovers": ("Times this process saw the cluster's writes move to another node", ("cluster",)),
+    "foreign_snapshots": (
+        "Health snapshots ignored because they name a server this process's probes of the cluster did not "
+        "reach (another site's, sharing the Redis and the keys)",
+        ("cluster",),
+    ),
     "promotions": ("Replicas promoted by this process's monitor (PROMOTE_AFTER)", ("cluster",)),
 }
 

@@ -6,13 +6,24 @@ report those problems, and the router refuses to run with them (ConfigurationErr
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from replicarouter.settings_schema import Problem
 
-__all__ = ["ENGINE", "Cluster", "Problem", "Topology", "build", "smooth_rotation"]
+__all__ = [
+    "ENGINE",
+    "Cluster",
+    "Problem",
+    "Topology",
+    "build",
+    "fingerprint",
+    "is_local_host",
+    "smooth_rotation",
+]
 
 ENGINE = "replicarouter.backends.postgresql"
 
@@ -63,6 +74,45 @@ def smooth_rotation(replicas: tuple[str, ...], weights: tuple[int, ...]) -> tupl
         current[best] -= total
         order.append(replicas[best])
     return tuple(order)
+
+
+def is_local_host(host: str) -> bool:
+    """Return whether a DATABASES ``HOST`` names this machine: empty, a unix socket path, or loopback."""
+    host = host.strip().lower()
+    if (
+        not host
+        or host.startswith("/")
+        or host.startswith("@")
+        or host in ("localhost", "localhost.localdomain")
+    ):
+        return True
+    if host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def fingerprint(cluster: Cluster, databases: Mapping[str, Any], hostname: str) -> str:
+    """Return ``cluster``'s identity in Redis keys: a hash of its nodes' ``host:port/dbname``.
+
+    Alias names are left out (two sites may use the same ones) and the order of the nodes does not
+    matter. ``hostname`` (this machine's) is part of it when a node is on this machine: two machines'
+    ``127.0.0.1:5432`` are two databases.
+    """
+    nodes = []
+    local = False
+    for alias in (cluster.primary, *cluster.replicas):
+        entry = databases.get(alias)
+        entry = entry if isinstance(entry, Mapping) else {}
+        host = str(entry.get("HOST") or "")
+        local = local or any(is_local_host(part) for part in host.split(","))
+        nodes.append(f"{host}:{entry.get('PORT') or ''}/{entry.get('NAME') or ''}")
+    material = "\n".join(sorted(nodes))
+    if local:
+        material += "\n@" + hostname
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def _is_pooled(databases: Mapping[str, Any], alias: str) -> bool:

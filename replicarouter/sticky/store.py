@@ -1,9 +1,11 @@
 """Read-your-writes, the I/O side: positions in Redis and the primary's WAL position (jobs: ``handoff``).
 
-Redis keys: ``{KEY_PREFIX}:sticky:{cluster}:{identity}`` → position (an integer), expiring after
-``STICKY_SECONDS``. Updates only move forward (a Lua script compares before it sets), so two concurrent
-requests of one session can never move it back; release deletes only the value it saw (compare and
-delete), so it never drops a newer write's position.
+Redis keys: ``{KEY_PREFIX}:sticky:{cluster}:{fingerprint}:{identity}`` → position (an integer), and
+``{KEY_PREFIX}:sticky-pin:{cluster}:{fingerprint}:{identity}`` → a pin deadline, expiring after
+``STICKY_SECONDS`` (the fingerprint binds them to the cluster's databases: ``redis_client.key``).
+Updates only move forward (a Lua script compares before it sets), so two concurrent requests of one
+session can never move it back; release deletes only the value it saw (compare and delete), so it never
+drops a newer write's position.
 """
 
 from __future__ import annotations

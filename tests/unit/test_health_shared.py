@@ -12,6 +12,7 @@ from replicarouter.health import shared
 from replicarouter.health.election import Election
 from replicarouter.health.rules import NodeHealth
 from replicarouter.health.shared import LEASE_INTERVALS, Published, applies, decode, encode
+from replicarouter.redis_client import fingerprint
 from replicarouter.routing.topology import Cluster
 
 CLUSTER = Cluster("default", "default", ("replica1",))
@@ -119,14 +120,16 @@ def test_fetch_reads_what_publish_wrote_and_logs_an_unreadable_snapshot(caplog):
     assert shared.fetch(client, CLUSTER, INTERVAL) is None  # nothing published yet
     published = _published(published_at=time.time())
     shared.publish(client, "default", published, INTERVAL)
-    assert list(client.data) == ["replicarouter:health:default:snapshot"]
+    key = shared.snapshot_key("default")
+    assert (
+        list(client.data) == [key]
+        and key == f"replicarouter:health:default:{fingerprint('default')}:snapshot"
+    )
     assert shared.fetch(client, CLUSTER, INTERVAL) == published
     shared.publish(client, "default", _published(published_at=time.time() - 60), INTERVAL)
     assert shared.fetch(client, CLUSTER, INTERVAL) is None  # stale
-    client.data["replicarouter:health:default:snapshot"] = b"garbage"
+    client.data[key] = b"garbage"
     with caplog.at_level(logging.WARNING, logger="replicarouter.health"):
         assert shared.fetch(client, CLUSTER, INTERVAL) is None
-    assert caplog.messages == [
-        "ignoring an unreadable health snapshot at replicarouter:health:default:snapshot"
-    ]
+    assert caplog.messages == [f"ignoring an unreadable health snapshot at {key}"]
     assert caplog.records[0].replicarouter_event == "bad_snapshot"

@@ -85,8 +85,10 @@ def test_stop_runs_services_in_reverse_order_of_registration(callbacks):
 
 def test_every_redis_key_comes_from_one_scheme():
     with override_settings(REPLICAROUTER={"KEY_PREFIX": "site-a"}):
-        assert redis_client.key("health", "main", "leader") == "site-a:health:main:leader"
-        assert redis_client.key("sticky", "main", "abc") == "site-a:sticky:main:abc"
+        bound = redis_client.fingerprint("default")
+        assert redis_client.key("health", "default", "leader") == f"site-a:health:default:{bound}:leader"
+        assert redis_client.key("sticky", "default", "abc") == f"site-a:sticky:default:{bound}:abc"
+        assert len(bound) == 16 and int(bound, 16) >= 0
 
 
 def test_one_redis_client_per_process_and_settings_rebuilt_when_they_change():
