@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from replicarouter.health import store as health
 from replicarouter.health.probe import ClusterProbe
 from replicarouter.health.rules import RISE_SLACK, Rules, initial_nodes, usable
 from replicarouter.health.shared import LEASE_INTERVALS
-from replicarouter.routing.topology import build
+from replicarouter.routing.topology import build, fingerprint
 from replicarouter.testing import django_settings
 from replicarouter.testing.base import wait_for
 from tests.helpers import RoundsOfRecords
@@ -256,7 +257,11 @@ def test_two_processes_one_leader_and_takeover(replica_cluster):
         assert min(probes) == 0, (first, lines)  # the follower never probed in the window...
         # ...while the leader probed in every round (a sample may fall mid-round: one round of slack)
         assert probes[leader_index] >= rounds[leader_index] - 1 >= 3, (first, lines)
-        leader_key = f"{prefix}:health:default:leader"
+        # the workers' DATABASES are the cluster's own (not the test databases): their fingerprint
+        databases = replica_cluster.databases()
+        spec = build(databases, replica_cluster.replicarouter_settings()["CLUSTERS"])[0].default
+        bound = fingerprint(spec, databases, socket.gethostname())
+        leader_key = f"{prefix}:health:default:{bound}:leader"
         assert client.get(leader_key).decode() == lines[leader_index]["identity"]
         follower = procs[1 - leader_index]
         before_kill = _report(follower)

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.core import signing
 from django.test import Client, override_settings
 
-from replicarouter import capture_position, read_after, request_context
+from replicarouter import capture_position, read_after, redis_client, request_context
 from replicarouter.health import store as health
 from replicarouter.observability import stats
 from replicarouter.sticky import policy as sticky
@@ -195,9 +195,10 @@ def test_position_only_moves_forward_under_concurrency(replica_cluster, routing)
     assert stickystore.load(identity, ["default"]) == {"default": 1199}
     r = redis.Redis.from_url(replica_cluster.redis_url)
     try:
-        # one key, named by the hash: never by a raw session key
+        # one key, named by the hash (never by a raw session key), bound to the cluster's databases
+        bound = redis_client.fingerprint("default")
         assert [k.decode() for k in r.scan_iter(f"{routing['KEY_PREFIX']}:sticky:*")] == [
-            f"{routing['KEY_PREFIX']}:sticky:default:{identity}"
+            f"{routing['KEY_PREFIX']}:sticky:default:{bound}:{identity}"
         ]
         stickystore.release(identity, "default", 1199)
         assert stickystore.load(identity, ["default"]) == {}

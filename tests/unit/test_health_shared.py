@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 
+from replicarouter import runtime
 from replicarouter.health import shared
 from replicarouter.health.election import Election
 from replicarouter.health.rules import NodeHealth
 from replicarouter.health.shared import LEASE_INTERVALS, Published, applies, decode, encode
+from replicarouter.observability import stats
 from replicarouter.redis_client import fingerprint
 from replicarouter.routing.topology import Cluster
 
@@ -133,3 +136,52 @@ def test_fetch_reads_what_publish_wrote_and_logs_an_unreadable_snapshot(caplog):
         assert shared.fetch(client, CLUSTER, INTERVAL) is None
     assert caplog.messages == [f"ignoring an unreadable health snapshot at {key}"]
     assert caplog.records[0].replicarouter_event == "bad_snapshot"
+
+
+def _with_identifiers(published, identifier):
+    nodes = {a: replace(n, system_identifier=identifier) for a, n in published.nodes.items()}
+    return published._replace(nodes=nodes)
+
+
+def test_a_snapshot_naming_a_server_our_probes_did_not_reach_is_foreign():
+    ours = _with_identifiers(_published(), "7001")
+    theirs = _with_identifiers(_published(), "9009")
+    assert shared.foreign(ours, frozenset({"7001"})) is None
+    assert shared.foreign(theirs, frozenset({"7001"})) == "9009"
+    # nothing known (this process never probed) or nothing published (a 0.1 leader, or not permitted)
+    assert shared.foreign(theirs, frozenset()) is None
+    assert shared.foreign(_with_identifiers(_published(), None), frozenset({"7001"})) is None
+    # one node of another cluster is enough
+    mixed = ours._replace(
+        nodes={**ours.nodes, "replica1": replace(ours.nodes["replica1"], system_identifier="9")}
+    )
+    assert shared.foreign(mixed, frozenset({"7001"})) == "9"
+
+
+def test_the_identifier_travels_in_the_snapshot_but_not_in_the_public_view():
+    published = _with_identifiers(_published(), "7001")
+    assert decode(encode(published, INTERVAL), "default") == published
+    assert "system_identifier" not in published.nodes["default"].public()
+
+
+def test_fetch_ignores_a_foreign_snapshot_logs_once_and_counts_each(caplog):
+    """Fault: another site's snapshot under our key → ignored (None: we probe), logged once, counted."""
+    stats.reset()
+    runtime.reset()
+    client = _Client()
+    shared.publish(
+        client, "default", _with_identifiers(_published(published_at=time.time()), "9009"), INTERVAL
+    )
+    with caplog.at_level(logging.WARNING, logger="replicarouter.health"):
+        assert shared.fetch(client, CLUSTER, INTERVAL, frozenset({"7001"})) is None
+        assert shared.fetch(client, CLUSTER, INTERVAL, frozenset({"7001"})) is None
+    assert stats.total("foreign_snapshots", cluster="default") == 2
+    assert [r.replicarouter_event for r in caplog.records] == ["foreign_snapshot"]
+    assert "names server 9009" in caplog.messages[0] and "reached 7001" in caplog.messages[0]
+    # the same snapshot is news to a process that never probed, and ours is always
+    assert shared.fetch(client, CLUSTER, INTERVAL) is not None
+    shared.publish(
+        client, "default", _with_identifiers(_published(published_at=time.time()), "7001"), INTERVAL
+    )
+    assert shared.fetch(client, CLUSTER, INTERVAL, frozenset({"7001"})) is not None
+    assert stats.total("foreign_snapshots") == 2

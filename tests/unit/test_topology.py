@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from replicarouter.routing.topology import ENGINE, Cluster, Problem, Topology, build, smooth_rotation
+from replicarouter.routing.topology import (
+    ENGINE,
+    Cluster,
+    Problem,
+    Topology,
+    build,
+    fingerprint,
+    is_local_host,
+    smooth_rotation,
+)
 
 POOLED = {"ENGINE": ENGINE}
 DBS = {"default": POOLED, "replica1": POOLED, "replica2": POOLED}
@@ -204,3 +213,41 @@ def test_an_app_routed_to_several_clusters_is_reported_against_the_first():
             "List each app label in the APPS of one cluster only.",
         ),
     ]
+
+
+def _node(host, port="5432", name="app"):
+    return {"ENGINE": ENGINE, "HOST": host, "PORT": port, "NAME": name}
+
+
+def test_the_fingerprint_is_the_nodes_not_their_aliases_nor_their_order():
+    """Two sites may name their aliases alike: only host:port/dbname of the nodes makes the fingerprint."""
+    site = {"default": _node("db1.a"), "replica1": _node("db2.a"), "replica2": _node("db3.a")}
+    spec = Cluster("default", "default", ("replica1", "replica2"))
+    base = fingerprint(spec, site, "web1")
+    assert len(base) == 16 and int(base, 16) >= 0
+    # other aliases for the same servers, listed in another order: the same identity
+    renamed = {"main": site["replica2"], "r1": site["default"], "r2": site["replica1"]}
+    assert fingerprint(Cluster("x", "r1", ("main", "r2")), renamed, "web1") == base
+    # remote nodes: the machine the process runs on does not matter
+    assert fingerprint(spec, site, "web2") == base
+    # one port, one host or one database name apart: another identity
+    for alias, changed in (("replica2", _node("db3.a", port="5433")), ("default", _node("db9.a")),
+                           ("replica1", _node("db2.a", name="app2"))):  # fmt: skip
+        assert fingerprint(spec, {**site, alias: changed}, "web1") != base, alias
+
+
+@pytest.mark.parametrize(
+    "host", ["", "localhost", "127.0.0.1", "127.0.1.1", "::1", "[::1]", "/var/run/postgresql"]
+)
+def test_a_local_node_makes_the_hostname_part_of_the_fingerprint(host):
+    """Two dev machines on 127.0.0.1:5432 sharing one Redis are two databases."""
+    site = {"default": _node(host), "replica1": _node("db2.a")}
+    spec = Cluster("default", "default", ("replica1",))
+    assert is_local_host(host)
+    assert fingerprint(spec, site, "laptop-a") != fingerprint(spec, site, "laptop-b")
+    assert fingerprint(spec, site, "laptop-a") == fingerprint(spec, site, "laptop-a")
+
+
+def test_remote_hosts_are_not_local():
+    for host in ("db1.example", "10.0.0.5", "128.0.0.1", "::2", "localhost-db"):
+        assert not is_local_host(host), host
