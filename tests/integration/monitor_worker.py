@@ -16,7 +16,7 @@ import django
 
 django.setup()
 
-from replicarouter.health import monitor  # noqa: E402
+from replicarouter.health import monitor, shared  # noqa: E402
 from replicarouter.health import store as health  # noqa: E402
 
 leader_rounds: list[int] = []
@@ -41,6 +41,7 @@ for _ in sys.stdin:
         "probe_rounds": worker.probe_rounds,
         "source": None if snapshot is None else snapshot.source,
         "leader_rounds": leader_rounds,
+        "snapshot_key": shared.snapshot_key("default"),
     }
     print(json.dumps(line), flush=True)
 monitor.stop()

@@ -103,3 +103,33 @@ def test_one_redis_client_per_process_and_settings_rebuilt_when_they_change():
     with override_settings(REPLICAROUTER={}):
         assert redis_client.client() is None
     redis_client.forget()
+
+
+class _Scanning:
+    """Redis's SCAN as far as ``foreign_health_keys`` uses it: pages of keys, a cursor, counted calls."""
+
+    def __init__(self, pages):
+        self.pages, self.calls = pages, 0
+
+    def scan(self, cursor, match, count):
+        self.calls += 1
+        index = int(cursor)
+        return (index + 1 if index + 1 < len(self.pages) else 0), self.pages[index]
+
+
+def test_foreign_health_keys_are_other_fingerprints_and_the_scan_is_bounded():
+    ours = {"default": "a" * 16}
+    page = [
+        b"replicarouter:health:default:" + b"a" * 16 + b":leader",  # ours
+        b"replicarouter:health:default:" + b"b" * 16 + b":snapshot",  # another site's
+        b"replicarouter:health:other:" + b"a" * 16 + b":leader",  # a cluster we do not have
+        b"replicarouter:health:default:snapshot",  # release 0.1: maybe ours, mid-deploy
+    ]
+    found = redis_client.foreign_health_keys(_Scanning([page]), "replicarouter", ours)
+    assert found == [
+        "replicarouter:health:default:" + "b" * 16 + ":snapshot",
+        "replicarouter:health:other:" + "a" * 16 + ":leader",
+    ]
+    endless = _Scanning([[]] * 1000)
+    assert redis_client.foreign_health_keys(endless, "replicarouter", ours, calls=10) == []
+    assert endless.calls == 10
