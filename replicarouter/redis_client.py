@@ -84,7 +84,7 @@ def key(kind: str, cluster: str, *parts: str) -> str:
 
 
 def foreign_health_keys(
-    redis: Any, prefix: str, ours: dict[str, str], *, count: int = 1000, calls: int = 10
+    redis: Any, prefix: str, ours: dict[str, str], *, count: int = 10_000, calls: int = 10
 ) -> list[str]:
     """Return the health keys under ``prefix`` whose cluster and fingerprint are none of ``ours``.
 
