@@ -310,8 +310,7 @@ class LocalCluster(ClusterBase):
         if self.redis_proc is None:
             raise ClusterError("redis is not running")
         if self.faults.redis_frozen:  # a stopped process cannot act on SIGTERM
-            procs.signal_pids([self.redis_proc.pid], signal.SIGCONT)
-            self.faults.redis_frozen = False
+            self.thaw_redis()
         self.faults.redis_stopped = True
         self.redis_proc.terminate()
         try:
@@ -344,9 +343,8 @@ class LocalCluster(ClusterBase):
 
     def thaw_redis(self) -> None:
         """SIGCONT the cluster's Redis (its data intact); return once it answers PING."""
-        if self.redis_proc is None:
-            raise ClusterError("redis is not running")
-        procs.signal_pids([self.redis_proc.pid], signal.SIGCONT)
+        if self.redis_proc is not None:  # else the wait below says that it does not answer
+            procs.signal_pids([self.redis_proc.pid], signal.SIGCONT)
         self.faults.redis_frozen = False
         self._wait_redis(up=True)
         logger.info("thawed redis :%d", self.redis_port)
