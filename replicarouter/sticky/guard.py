@@ -67,7 +67,7 @@ def failed(exc: Exception) -> bool:
 
     if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
         return False
-    if _breaker.failure() and ENABLED:
+    if ENABLED and _breaker.failure():
         stats.incr("redis_breaker_opens")
         logger.warning(
             "redis did not answer the request path within %g s (%s): skipping it for %g s at a time "
