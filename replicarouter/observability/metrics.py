@@ -28,6 +28,8 @@ from replicarouter import __version__, pool_stats
 from replicarouter.conf import topology
 from replicarouter.health import store as health
 from replicarouter.health.monitor import running
+from replicarouter.sticky import guard
+from replicarouter.sticky.breaker import CLOSED
 
 from . import stats
 
@@ -47,6 +49,7 @@ GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("cluster",)),
     ("monitor_leader", "1 when this process probes the cluster for everyone (holds the Redis lease)",
      ("cluster",)),
+    ("redis_breaker_open", "1 while the request path skips Redis (circuit breaker open or half-open)", ()),
     ("pool_size", "Pool SIZE of the alias in this process", ("alias",)),
     ("pool_checked_out", "Connections of the alias's pool in use now", ("alias",)),
     ("pool_overflow", "Connections in use beyond SIZE (up to MAX_OVERFLOW)", ("alias",)),
@@ -72,6 +75,7 @@ class ReplicaRouterCollector(Collector):
             for name, text, labels in GAUGES
         }
         gauges["info"].add_metric([__version__], 1)
+        gauges["redis_breaker_open"].add_metric([], guard.breaker().state != CLOSED)
         self._nodes(gauges)
         exhausted = CounterMetricFamily(
             "replicarouter_pool_exhausted",

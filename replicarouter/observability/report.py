@@ -93,6 +93,7 @@ def _sticky_counters(cluster: str | None) -> dict[str, int]:
         "sticky_primary_reads": stats.total("sticky_decisions", decision="primary", **match),
         "releases": stats.total("sticky_releases", **match),
         "redis_errors": stats.total("sticky_store_errors"),
+        "redis_skipped": stats.total("redis_skipped"),
     }
 
 

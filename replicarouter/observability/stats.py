@@ -22,6 +22,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "sticky_releases": ("Session positions dropped because every replica had replayed them", ("cluster",)),
     "sticky_store_errors": ("Redis errors while reading or storing session positions", ()),
+    "redis_skipped": (
+        "Request-path Redis calls skipped because the circuit breaker was open (Redis timed out or refused)",
+        ("operation",),
+    ),
+    "redis_breaker_opens": ("Times the request path's Redis circuit breaker opened (outages seen)", ()),
     "sticky_bad_values": ("Values in Redis under a session's keys that are not positions (ignored)", ()),
     "sticky_bad_cookies": ("Position cookies ignored: forged, expired or malformed", ("reason",)),
     "sticky_pins": (

@@ -191,18 +191,39 @@ def _pin(identity: str | None, current: sticky.StickyState, cluster: str, exc: E
     )  # fmt: skip
 
 
+def _cookie_scope() -> dict[str, Any]:
+    """Return the domain, path and SameSite of the position cookie: those of Django's session cookie."""
+    from django.conf import settings as django_settings
+
+    return {
+        "domain": django_settings.SESSION_COOKIE_DOMAIN,
+        "path": django_settings.SESSION_COOKIE_PATH,
+        "samesite": django_settings.SESSION_COOKIE_SAMESITE or None,
+    }
+
+
 def _set_cookie(response: Any, current: sticky.StickyState, positions: dict[str, int]) -> None:
+    """Set (or delete) the position cookie with the flags of Django's session cookie.
+
+    ``SESSION_COOKIE_SAMESITE = "None"`` makes it Secure whatever ``SESSION_COOKIE_SECURE`` says: browsers
+    drop a ``SameSite=None`` cookie that is not (Django's ``delete_cookie`` does the same).
+    """
+    from django.conf import settings as django_settings
+
+    scope = _cookie_scope()
     content = current.cookie(positions, horizon=settings.CHECK_INTERVAL)
     if not content.positions and not content.pins and not content.seen:
         if current.had_cookie:
-            response.delete_cookie(sticky.COOKIE_NAME, samesite="Lax")
+            response.delete_cookie(sticky.COOKIE_NAME, **scope)
         return
+    cross_site = str(scope["samesite"]).lower() == "none"
     response.set_cookie(
         sticky.COOKIE_NAME,
         sticky.write_cookie(content, current.mode),
         max_age=int(settings.STICKY_SECONDS),
-        httponly=True,
-        samesite="Lax",
+        secure=bool(django_settings.SESSION_COOKIE_SECURE or cross_site) or None,
+        httponly=bool(django_settings.SESSION_COOKIE_HTTPONLY) or None,
+        **scope,
     )
 
 

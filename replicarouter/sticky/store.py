@@ -6,6 +6,10 @@ Redis keys: ``{KEY_PREFIX}:sticky:{cluster}:{fingerprint}:{identity}`` → posit
 Updates only move forward (a Lua script compares before it sets), so two concurrent requests of one
 session can never move it back; release deletes only the value it saw (compare and delete), so it never
 drops a newer write's position.
+
+Every call here runs on the request path: through ``guard`` (a client with a short deadline behind a
+circuit breaker), so a hung Redis costs a request at most ``redis_client.REQUEST_TIMEOUT`` once per
+breaker interval, and nothing while the breaker is open (the signed cookie carries the state).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from replicarouter import redis_client as shared_redis
 from replicarouter.conf import settings, topology
 from replicarouter.health.probe import lsn_to_int
 from replicarouter.observability import stats
+
+from . import guard
 
 logger = logging.getLogger("replicarouter.sticky")
 #: problems this process already logged (logged once, counted always)
@@ -40,9 +46,9 @@ return 0
 """
 
 
-def client() -> Any:
-    """Return this process's Redis client for positions (None without REDIS_URL)."""
-    return shared_redis.client()
+def client(operation: str = "load") -> Any:
+    """Return the request path's Redis client for ``operation`` (None: no REDIS_URL, or breaker open)."""
+    return guard.client(operation)
 
 
 def _key(cluster: str, identity: str) -> str:
@@ -50,8 +56,13 @@ def _key(cluster: str, identity: str) -> str:
 
 
 def _store_error(message: str, exc: Exception) -> None:
-    """Count and log a Redis failure on session positions (``message`` has one %s for the error)."""
+    """Count and log a Redis failure on session positions (``message`` has one %s for the error).
+
+    A timeout or connection error opens the breaker and is logged by it, once per outage.
+    """
     stats.incr("sticky_store_errors")
+    if guard.failed(exc):
+        return
     logger.warning(message, exc, extra={"replicarouter_event": "sticky_store_error"})
 
 
@@ -72,8 +83,10 @@ def load_state(identity: str, clusters: list[str]) -> tuple[dict[str, int], dict
 
     A value that is not a non-negative integer is ignored, counted and logged.
     """
-    redis_client = client()
-    if redis_client is None or not clusters:
+    if not clusters:
+        return {}, {}
+    redis_client = client("load")
+    if redis_client is None:
         return {}, {}
     keys = [_key(c, identity) for c in clusters] + [_pin_key(c, identity) for c in clusters]
     try:
@@ -81,6 +94,7 @@ def load_state(identity: str, clusters: list[str]) -> tuple[dict[str, int], dict
     except Exception as exc:
         _store_error("sticky positions unavailable (redis: %s): relying on the signed cookie", exc)
         return {}, {}
+    guard.succeeded()
     found: list[dict[str, int]] = [{}, {}]
     for index, value in enumerate(values):
         if value is None:
@@ -107,18 +121,20 @@ def load(identity: str, clusters: list[str]) -> dict[str, int]:
 
 def pin(identity: str, cluster: str, deadline_ms: int) -> None:
     """Store that ``identity``'s reads of ``cluster`` stay on the primary until ``deadline_ms``."""
-    redis_client = client()
+    redis_client = client("pin")
     if redis_client is None:
         return
     try:
         redis_client.set(_pin_key(cluster, identity), deadline_ms, px=int(settings.STICKY_SECONDS * 1000))
     except Exception as exc:
         _store_error("could not store a primary pin (redis: %s): the signed cookie carries it", exc)
+        return
+    guard.succeeded()
 
 
 def advance(identity: str, cluster: str, position: int) -> bool:
     """Store ``position`` unless a further one is stored; return False when Redis failed."""
-    redis_client = client()
+    redis_client = client("advance")
     if redis_client is None:
         return False
     ttl = int(settings.STICKY_SECONDS * 1000)
@@ -127,19 +143,24 @@ def advance(identity: str, cluster: str, position: int) -> bool:
     except Exception as exc:
         _store_error("could not store a sticky position (redis: %s): the signed cookie carries it", exc)
         return False
+    guard.succeeded()
     return True
 
 
 def release(identity: str, cluster: str, position: int) -> None:
     """Delete the stored position if it is still ``position`` (every replica has replayed it)."""
-    redis_client = client()
+    redis_client = client("release")
     if redis_client is None:
         return
     try:
-        if redis_client.eval(_RELEASE, 1, _key(cluster, identity), position):
-            stats.incr("sticky_releases", cluster)
-    except Exception:
+        released = redis_client.eval(_RELEASE, 1, _key(cluster, identity), position)
+    except Exception as exc:
         stats.incr("sticky_store_errors")
+        guard.failed(exc)
+        return
+    guard.succeeded()
+    if released:
+        stats.incr("sticky_releases", cluster)
 
 
 def primary_position(alias: str) -> int:

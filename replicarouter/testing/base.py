@@ -2,7 +2,8 @@
 
 A backend (local processes, Docker containers) implements the abstract methods: how to start and tear
 down its servers (``up``; ``down`` runs the ``weakref.finalize`` teardown that ``up`` registers), and the
-process-level faults (``stop``, ``start``, ``freeze``, ``thaw``, ``stop_redis``, ``start_redis``), plus
+process-level faults (``stop``, ``start``, ``freeze``, ``thaw``, ``stop_redis``, ``start_redis``,
+``freeze_redis``, ``thaw_redis``), plus
 what only it knows about addresses and logs (``_upstream_conninfo``, ``_is_sender``, ``_log_tail``).
 Everything else lives here once: the server settings both write, the waits for streaming and for Redis,
 promotion and re-pointing, and ``heal()``; the topology (``topology``), the SQL-level fault controls and
@@ -170,6 +171,14 @@ class ClusterBase(FaultControls, ABC):
         """Start the cluster's Redis again on the same port (empty); return once it answers PING."""
 
     @abstractmethod
+    def freeze_redis(self) -> None:
+        """Suspend the cluster's Redis (clients' calls hang until their timeout); return once it is."""
+
+    @abstractmethod
+    def thaw_redis(self) -> None:
+        """Resume a frozen Redis (its data intact); return once it answers PING."""
+
+    @abstractmethod
     def _upstream_conninfo(self, upstream: Node, follower: Node) -> str:
         """Return the ``primary_conninfo`` with which ``follower`` streams from ``upstream``."""
 
@@ -301,7 +310,7 @@ class ClusterBase(FaultControls, ABC):
     # -- undo -------------------------------------------------------------------------------------
 
     def heal(self) -> None:
-        """Undo every fault still applied: thaw, start, resume, remove delays, start Redis.
+        """Undo every fault still applied: thaw, start, resume, remove delays, thaw or start Redis.
 
         Promotion is not undone (the cluster keeps its new topology); tests that promote should use a
         cluster of their own (the ``replica_cluster_factory`` fixture).
@@ -318,6 +327,8 @@ class ClusterBase(FaultControls, ABC):
             steps.append((f"resume {name}", lambda name=name: self.resume_replay(name)))  # type: ignore[misc]
         for name in sorted(self.faults.delayed):
             steps.append((f"undelay {name}", lambda name=name: self.delay_replay(name, 0)))  # type: ignore[misc]
+        if self.faults.redis_frozen:
+            steps.append(("thaw redis", self.thaw_redis))
         if self.faults.redis_stopped:
             steps.append(("start redis", self.start_redis))
         for what, step in steps:

@@ -337,3 +337,11 @@ class DockerCluster(ClusterBase):
         self._wait_redis(up=True)
         self.faults.redis_stopped = False
         logger.info("started redis :%d", self.redis_port)
+
+    def freeze_redis(self) -> None:
+        """Not implemented for containers yet (``docker pause`` of the Redis container would do)."""
+        raise NotImplementedError("freeze_redis is implemented by LocalCluster only")
+
+    def thaw_redis(self) -> None:
+        """Not implemented for containers yet (see ``freeze_redis``)."""
+        raise NotImplementedError("thaw_redis is implemented by LocalCluster only")

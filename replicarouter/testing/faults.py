@@ -39,10 +39,12 @@ class Faults:
     frozen: set[str] = field(default_factory=set)
     stopped: set[str] = field(default_factory=set)
     redis_stopped: bool = False
+    redis_frozen: bool = False
 
     def any(self) -> bool:
         """Return whether any fault is still applied."""
-        return bool(self.paused or self.delayed or self.frozen or self.stopped or self.redis_stopped)
+        redis = self.redis_stopped or self.redis_frozen
+        return bool(self.paused or self.delayed or self.frozen or self.stopped or redis)
 
 
 class FaultControls(Topology):

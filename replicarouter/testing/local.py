@@ -309,6 +309,8 @@ class LocalCluster(ClusterBase):
         """Stop the cluster's Redis (SIGTERM, nothing is saved); return once its port refuses connections."""
         if self.redis_proc is None:
             raise ClusterError("redis is not running")
+        if self.faults.redis_frozen:  # a stopped process cannot act on SIGTERM
+            self.thaw_redis()
         self.faults.redis_stopped = True
         self.redis_proc.terminate()
         try:
@@ -328,3 +330,21 @@ class LocalCluster(ClusterBase):
         self._wait_redis(up=True)
         self.faults.redis_stopped = False
         logger.info("started redis :%d", self.redis_port)
+
+    def freeze_redis(self) -> None:
+        """SIGSTOP the cluster's Redis; return once it is stopped (clients' calls then time out)."""
+        if self.redis_proc is None:
+            raise ClusterError("redis is not running")
+        pid = self.redis_proc.pid
+        self.faults.redis_frozen = True
+        procs.signal_pids([pid], signal.SIGSTOP)
+        wait_for("redis to stop", lambda: procs.process_state(pid) in ("T", "t", None), timeout=self.timeout)
+        logger.info("froze redis :%d (pid %d)", self.redis_port, pid)
+
+    def thaw_redis(self) -> None:
+        """SIGCONT the cluster's Redis (its data intact); return once it answers PING."""
+        if self.redis_proc is not None:  # else the wait below says that it does not answer
+            procs.signal_pids([self.redis_proc.pid], signal.SIGCONT)
+        self.faults.redis_frozen = False
+        self._wait_redis(up=True)
+        logger.info("thawed redis :%d", self.redis_port)

@@ -94,6 +94,29 @@ def test_heal_undoes_every_fault(replica_cluster):
     assert procs.port_open(replica_cluster.redis_port)
 
 
+def test_freeze_redis_hangs_clients_until_thawed_and_heal_thaws_it(replica_cluster):
+    """Fault: Redis frozen (SIGSTOP): calls time out, data is kept; thaw_redis and heal() resume it."""
+    import redis
+
+    client = redis.Redis.from_url(replica_cluster.redis_url, socket_timeout=0.3)
+    try:
+        client.set("frozen-probe", "kept")
+        replica_cluster.freeze_redis()
+        assert replica_cluster.faults.redis_frozen
+        assert procs.process_state(replica_cluster.redis_proc.pid) in ("T", "t")
+        with pytest.raises(redis.TimeoutError):
+            client.get("frozen-probe")
+        replica_cluster.thaw_redis()
+        assert not replica_cluster.faults.any()
+        assert client.get("frozen-probe") == b"kept"  # a thawed Redis keeps its data
+        replica_cluster.freeze_redis()
+        replica_cluster.heal()
+        assert not replica_cluster.faults.any()
+        assert client.get("frozen-probe") == b"kept"
+    finally:
+        client.close()
+
+
 def test_fault_controls_reject_bad_arguments(replica_cluster):
     with pytest.raises(ClusterError, match="no node 'replica9'"):
         replica_cluster.stop("replica9")

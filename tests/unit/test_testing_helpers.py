@@ -64,6 +64,7 @@ def test_topology_follows_roles():
 
 BACKEND_METHODS = {
     "up", "stop", "start", "freeze", "thaw", "stop_redis", "start_redis",
+    "freeze_redis", "thaw_redis",
     "_upstream_conninfo", "_is_sender", "_log_tail",
 }  # fmt: skip
 
