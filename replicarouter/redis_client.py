@@ -17,6 +17,10 @@ from .conf import settings
 _client: Any = None
 _client_key: tuple[str, float] | None = None
 _lock = threading.Lock()
+#: a new monitor's one GET per cluster (``Monitor.warm``) waits at most this long
+WARM_TIMEOUT = 0.05
+_warm: Any = None
+_warm_url: str | None = None
 
 
 def client() -> Any:
@@ -40,6 +44,28 @@ def client() -> Any:
         return _client
 
 
+def warm_client() -> Any:
+    """Return a client whose calls give up after ``WARM_TIMEOUT`` (None without ``REDIS_URL``).
+
+    For the one call a request may wait on before routing (a new process's warm start): short, so a
+    slow or hung Redis delays that request by at most ``WARM_TIMEOUT`` per call.
+    """
+    global _warm, _warm_url
+    url = settings.REDIS_URL
+    if not url:
+        return None
+    runtime.check_fork()
+    with _lock:
+        if _warm is None or _warm_url != url:
+            import redis
+
+            _warm = redis.Redis.from_url(
+                url, socket_timeout=WARM_TIMEOUT, socket_connect_timeout=WARM_TIMEOUT
+            )
+            _warm_url = url
+        return _warm
+
+
 def key(kind: str, cluster: str, *parts: str) -> str:
     """Return the Redis key of ``kind`` (``health``, ``sticky``) for ``cluster`` and ``parts``."""
     return ":".join((settings.KEY_PREFIX, kind, cluster, *parts))
@@ -49,6 +75,7 @@ def key(kind: str, cluster: str, *parts: str) -> str:
 @runtime.on_reset
 def forget() -> None:
     """Drop this process's client (a new one is built on next use)."""
-    global _client, _client_key, _lock
+    global _client, _client_key, _lock, _warm, _warm_url
     _client, _client_key = None, None
+    _warm, _warm_url = None, None
     _lock = threading.Lock()

@@ -33,6 +33,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reads_aborted": ("Reads cut by the watchdog (READ_TIMEOUT on an unresponsive node)", ("alias",)),
     "primary_unavailable": ("PrimaryUnavailable raised: no writer, or it cannot be reached", ("cluster",)),
     "failovers": ("Times this process saw the cluster's writes move to another node", ("cluster",)),
+    "warm_starts": (
+        "New monitors that routed from the leader's snapshot before their first round (snapshot), or "
+        "found none fresh (none)",
+        ("result",),
+    ),
     "promotions": ("Replicas promoted by this process's monitor (PROMOTE_AFTER)", ("cluster",)),
 }
 
