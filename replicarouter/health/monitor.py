@@ -175,15 +175,34 @@ class Monitor:
                 if fetched is None:  # the leader is late or gone: see for ourselves meanwhile
                     view = self._local(cluster, nodes, previous, inputs)
                 else:
-                    election = fetched.election
-                    if previous is not None and previous.timeline > election.timeline:
-                        election = replace(election, timeline=previous.timeline)
-                    view = _View(fetched.nodes, election, "redis", fetched.leader, fetched.published_at)
+                    view = _followed(fetched, previous)
             self._set_redis_ok(True)
         except Exception as exc:
             self._set_redis_ok(False, exc)
             view = self._local(cluster, nodes, previous, inputs)
         return view
+
+    def warm(self) -> None:
+        """Install the leader's fresh snapshots before the first round (the warm start).
+
+        A new process then routes its first reads by them, not all to the primary. Only what
+        ``shared.fetch`` accepts (fresh, this topology); one GET per cluster, on ``request_client()``.
+        """
+        client = shared_redis.request_client()
+        inputs = _Inputs(_databases(), settings.CHECK_INTERVAL, settings.CHECK_TIMEOUT, rules())
+        installed = 0
+        for cluster in topology().clusters if client is not None else ():
+            try:
+                fetched = shared.fetch(client, cluster, inputs.interval)
+            except Exception as exc:  # slow or down: the first round decides, as without a snapshot
+                logger.info("no warm start (redis: %s)", exc, extra={"replicarouter_event": "warm_skipped"})
+                break
+            if fetched is not None:
+                view = _followed(fetched, None)
+                self._nodes[cluster.name], self._elections[cluster.name] = view.nodes, view.election
+                self._apply(cluster, view, inputs)
+                installed += 1
+        stats.incr("warm_starts", "snapshot" if installed else "none")
 
     def _local(
         self, cluster: Cluster, nodes: dict[str, NodeHealth], previous: Election | None, inputs: _Inputs
@@ -263,6 +282,14 @@ class Monitor:
         self._redis_ok = ok
 
 
+def _followed(fetched: shared.Published, previous: Election | None) -> _View:
+    """Return the view a follower takes from the leader's snapshot (its timeline never goes back)."""
+    election = fetched.election
+    if previous is not None and previous.timeline > election.timeline:
+        election = replace(election, timeline=previous.timeline)
+    return _View(fetched.nodes, election, "redis", fetched.leader, fetched.published_at)
+
+
 def _dispose_suspect_pools(
     cluster: Cluster, previous: Snapshot, now_usable: frozenset[str], election: Election
 ) -> None:
@@ -298,6 +325,7 @@ def ensure_started() -> Monitor:
         monitor = _monitor
         if monitor is None or not monitor.is_alive():
             monitor = Monitor()
+            monitor.warm()
             monitor.start()
             _monitor = monitor
         return monitor

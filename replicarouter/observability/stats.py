@@ -43,6 +43,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "reach (another site's, sharing the Redis and the keys)",
         ("cluster",),
     ),
+    "warm_starts": (
+        "New monitors that routed from the leader's snapshot before their first round (snapshot), or "
+        "found none fresh (none)",
+        ("result",),
+    ),
     "promotions": ("Replicas promoted by this process's monitor (PROMOTE_AFTER)", ("cluster",)),
 }
 
