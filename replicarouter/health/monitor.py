@@ -28,10 +28,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any
 
-from replicarouter import pool as pools
 from replicarouter import redis_client as shared_redis
 from replicarouter import runtime
 from replicarouter.conf import settings, topology
@@ -44,6 +42,7 @@ from .failover import Promotions
 from .probe import ClusterProbe
 from .rules import NodeHealth, Rules, initial_nodes, usable
 from .store import Snapshot, clear, set_snapshot, snapshot
+from .views import Inputs, View, dispose_suspect_pools, followed
 
 logger = logging.getLogger("replicarouter.health")
 
@@ -57,25 +56,6 @@ def _databases() -> dict[str, Any]:
     from django.conf import settings as django_settings
 
     return dict(django_settings.DATABASES)
-
-
-class _Inputs(NamedTuple):
-    """What one round reads from the settings, once."""
-
-    databases: dict[str, Any]
-    interval: float
-    timeout: float
-    rules: Rules
-
-
-class _View(NamedTuple):
-    """One cluster as this process sees it after a round, and where that came from."""
-
-    nodes: dict[str, NodeHealth]
-    election: Election
-    source: str  # "local" (probed here), "leader" (probed and published here), "redis" (the leader's)
-    leader: str | None
-    published_at: float
 
 
 class Monitor:
@@ -138,7 +118,7 @@ class Monitor:
     def round(self) -> None:
         """Refresh every cluster's snapshot once (lead and probe, or read the leader's)."""
         self.rounds += 1
-        inputs = _Inputs(_databases(), settings.CHECK_INTERVAL, settings.CHECK_TIMEOUT, rules())
+        inputs = Inputs(_databases(), settings.CHECK_INTERVAL, settings.CHECK_TIMEOUT, rules())
         client = shared_redis.client()
         for cluster in topology().clusters:
             nodes = self._nodes.get(cluster.name) or initial_nodes(cluster, inputs.databases)
@@ -157,8 +137,8 @@ class Monitor:
         cluster: Cluster,
         nodes: dict[str, NodeHealth],
         previous: Election | None,
-        inputs: _Inputs,
-    ) -> _View:
+        inputs: Inputs,
+    ) -> View:
         """Lead (probe, promote, publish) or follow the leader's snapshot; probe here while Redis fails."""
         try:
             if shared.lead(client, cluster.name, self.identity, inputs.interval):
@@ -168,14 +148,14 @@ class Monitor:
                 )
                 published = shared.Published(nodes, election, self.identity, time.time())
                 shared.publish(client, cluster.name, published, inputs.interval)
-                view = _View(nodes, election, "leader", self.identity, published.published_at)
+                view = View(nodes, election, "leader", self.identity, published.published_at)
             else:
                 known = self._identifiers.get(cluster.name, frozenset())
                 fetched = shared.fetch(client, cluster, inputs.interval, known)
                 if fetched is None:  # the leader is late or gone: see for ourselves meanwhile
                     view = self._local(cluster, nodes, previous, inputs)
                 else:
-                    view = _followed(fetched, previous)
+                    view = followed(fetched, previous)
             self._set_redis_ok(True)
         except Exception as exc:
             self._set_redis_ok(False, exc)
@@ -189,7 +169,7 @@ class Monitor:
         ``shared.fetch`` accepts (fresh, this topology); one GET per cluster, on ``request_client()``.
         """
         client = shared_redis.request_client()
-        inputs = _Inputs(_databases(), settings.CHECK_INTERVAL, settings.CHECK_TIMEOUT, rules())
+        inputs = Inputs(_databases(), settings.CHECK_INTERVAL, settings.CHECK_TIMEOUT, rules())
         installed = 0
         for cluster in topology().clusters if client is not None else ():
             try:
@@ -198,21 +178,21 @@ class Monitor:
                 logger.info("no warm start (redis: %s)", exc, extra={"replicarouter_event": "warm_skipped"})
                 break
             if fetched is not None:
-                view = _followed(fetched, None)
+                view = followed(fetched, None)
                 self._nodes[cluster.name], self._elections[cluster.name] = view.nodes, view.election
                 self._apply(cluster, view, inputs)
                 installed += 1
         stats.incr("warm_starts", "snapshot" if installed else "none")
 
     def _local(
-        self, cluster: Cluster, nodes: dict[str, NodeHealth], previous: Election | None, inputs: _Inputs
-    ) -> _View:
+        self, cluster: Cluster, nodes: dict[str, NodeHealth], previous: Election | None, inputs: Inputs
+    ) -> View:
         published_at = time.time()
         nodes, election = self._probe(cluster, nodes, previous, inputs)
-        return _View(nodes, election, "local", self.identity, published_at)
+        return View(nodes, election, "local", self.identity, published_at)
 
     def _probe(
-        self, cluster: Cluster, nodes: dict[str, NodeHealth], previous: Election | None, inputs: _Inputs
+        self, cluster: Cluster, nodes: dict[str, NodeHealth], previous: Election | None, inputs: Inputs
     ) -> tuple[dict[str, NodeHealth], Election]:
         key = ClusterProbe.key_for(cluster, inputs.databases, inputs.timeout)
         probe = self._probes.get(cluster.name)
@@ -227,12 +207,12 @@ class Monitor:
         )
         return nodes, election
 
-    def _apply(self, cluster: Cluster, view: _View, inputs: _Inputs) -> None:
+    def _apply(self, cluster: Cluster, view: View, inputs: Inputs) -> None:
         """Dispose of the pools this round made suspect, count a failover, install the snapshot."""
         now_usable = usable(view.nodes)
         previous = snapshot(cluster.name)
         if previous is not None:
-            _dispose_suspect_pools(cluster, previous, now_usable, view.election)
+            dispose_suspect_pools(cluster, previous, now_usable, view.election)
         writer = view.election.writer
         if writer is not None:
             last = self._last_writer.get(cluster.name)
@@ -280,27 +260,6 @@ class Monitor:
                 extra={"replicarouter_event": "redis_down"},
             )
         self._redis_ok = ok
-
-
-def _followed(fetched: shared.Published, previous: Election | None) -> _View:
-    """Return the view a follower takes from the leader's snapshot (its timeline never goes back)."""
-    election = fetched.election
-    if previous is not None and previous.timeline > election.timeline:
-        election = replace(election, timeline=previous.timeline)
-    return _View(fetched.nodes, election, "redis", fetched.leader, fetched.published_at)
-
-
-def _dispose_suspect_pools(
-    cluster: Cluster, previous: Snapshot, now_usable: frozenset[str], election: Election
-) -> None:
-    """Close the pooled connections that the change from ``previous`` to this round makes suspect."""
-    for alias in previous.usable - now_usable:
-        pools.registry.dispose(alias)  # idle connections to an excluded replica are suspect
-    if previous.writer != election.writer:
-        # the primary alias's connections point at the former writer: none may be reused
-        pools.registry.dispose(cluster.primary)
-    for alias in election.fenced - {a for a, n in previous.nodes.items() if n.fenced}:
-        pools.registry.dispose(alias)
 
 
 _lock = threading.Lock()
