@@ -14,6 +14,7 @@ process probes for itself, as when nothing is published) and the next leader's p
 - **Times are sane.** ``published_at`` and every node's timestamps are finite, not in the future beyond
   ``CLOCK_ALLOWANCE`` (clocks of a site's hosts differ a little), and ``published_at`` is no older than a
   snapshot can live in Redis (``max_age``): a value from 1e12 or -1 is not merely stale, it is wrong.
+  (A node's ``started_at`` comes from the server's clock, which may run ahead: finite is enough.)
 
 Unknown fields are ignored, as before: processes of another release read the same key during a rolling
 deploy.
@@ -42,7 +43,8 @@ ROLES = ("primary", "replica", "unknown")
 CONFIGURED_ROLES = ("primary", "replica")
 
 # (field, kind): "name"/"text" strings, "int" non-negative integers, "number" finite non-negative,
-# "time" a timestamp, "bool"; "?" allows None (null)
+# "float" finite, "time" a timestamp of the leader's clock (also not in the future), "bool"; "?" allows
+# None (null)
 _NODE_FIELDS: tuple[tuple[str, str], ...] = (
     ("alias", "name"),
     ("configured_role", "name"),
@@ -51,7 +53,7 @@ _NODE_FIELDS: tuple[tuple[str, str], ...] = (
     ("role", "name"),
     ("state", "name"),
     ("lag_bytes", "int?"),
-    ("lag_seconds", "number?"),
+    ("lag_seconds", "float?"),
     ("checked_at", "time?"),
     ("error", "text?"),
     ("promoted", "bool"),
@@ -62,7 +64,9 @@ _NODE_FIELDS: tuple[tuple[str, str], ...] = (
     ("timeline", "int?"),
     ("fenced", "bool"),
     ("probed_at", "time?"),
-    ("started_at", "time?"),
+    # the server's clock, not the leader's: a server whose clock runs ahead may report a start "in the
+    # future", which only makes monotonic reads more careful (it looks restarted after every read)
+    ("started_at", "number?"),
     ("streak_at", "time?"),
 )
 #: fields a node must have (the others have defaults: a snapshot of 0.1 lacks the newer ones)
@@ -162,12 +166,12 @@ def _value(data: Mapping[str, Any], name: str, kind: str, where: str) -> Any:
         ok = isinstance(value, bool)
     elif base == "int":
         ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT
-    else:  # "number" and "time": finite, non-negative (0 is the epoch: harmless, never in the future)
+    else:  # "number" and "time" are non-negative too (0 is the epoch: harmless, never in the future)
         ok = (
             isinstance(value, (int, float))
             and not isinstance(value, bool)
             and math.isfinite(value)
-            and value >= 0
+            and (base == "float" or value >= 0)
         )
     if not ok:
         raise BadSnapshot("snapshot_time" if base == "time" else "snapshot_schema", f"{where} {value!r:.80}")

@@ -190,13 +190,20 @@ def encode(published: Published, interval: float) -> str:
         "published_at": published.published_at,
         "leader": published.leader,
         "interval": interval,
-        "nodes": {alias: asdict(node) for alias, node in published.nodes.items()},
+        "nodes": {alias: _bounded(asdict(node)) for alias, node in published.nodes.items()},
         # "active", not "writer": processes of 0.1 read this key during a rolling deploy
         "active": published.election.writer,
         "timeline": published.election.timeline,
-        "reason": published.election.reason,
+        "reason": published.election.reason[: schema.MAX_TEXT],
     }
     return json.dumps(payload)
+
+
+def _bounded(node: dict[str, Any]) -> dict[str, Any]:
+    """Return a node's fields with its free text cut to what ``schema.check`` accepts."""
+    if node.get("error") is not None:
+        node["error"] = node["error"][: schema.MAX_TEXT]
+    return node
 
 
 def decode(raw: str | bytes, configured: str) -> Published:

@@ -62,7 +62,6 @@ def test_a_valid_snapshot_is_accepted():
         ("healthy_streak", "1"),
         ("timeline", -1),
         ("lag_seconds", "0.25"),
-        ("lag_seconds", -0.5),
         ("lag_seconds", math.inf),
         ("host", 5432),
         ("host", "h" * (schema.MAX_NAME + 1)),
@@ -86,7 +85,18 @@ def test_each_node_field_of_the_wrong_type_is_rejected(field, value):
     assert raised.value.kind == "snapshot_schema"
 
 
-@pytest.mark.parametrize("field", ["checked_at", "probed_at", "started_at", "streak_at"])
+def test_lag_seconds_and_started_at_need_only_be_finite():
+    payload = _payload()
+    payload["nodes"]["replica1"].update(lag_seconds=-0.01, started_at=NOW + 60)  # clocks differ
+    _check(payload)
+    for field, value in (("lag_seconds", math.nan), ("started_at", -1.0), ("started_at", math.inf)):
+        payload = _payload()
+        payload["nodes"]["replica1"][field] = value
+        with pytest.raises(BadSnapshot, match=field):
+            _check(payload)
+
+
+@pytest.mark.parametrize("field", ["checked_at", "probed_at", "streak_at"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, NOW + schema.CLOCK_ALLOWANCE + 0.01, "noon"])
 def test_each_node_timestamp_must_be_sane(field, value):
     payload = _payload()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -161,3 +162,14 @@ def test_fetch_checks_the_size_before_it_reads_or_parses(caplog, monkeypatch):
     assert (client.reads, len(parsed)) == (1, 1)
     assert stats.total("redis_bad_values", kind="snapshot_size") == before + 1
     assert [r.replicarouter_kind for r in caplog.records] == ["snapshot_schema", "snapshot_size"]
+
+
+def test_encode_cuts_long_text_to_what_the_schema_accepts():
+    """A long server error must not make every process reject the leader's snapshots."""
+    published = _published()
+    nodes = dict(published.nodes)
+    nodes["replica1"] = replace(nodes["replica1"], error="e" * (shared.schema.MAX_TEXT + 10))
+    election = replace(published.election, reason="r" * (shared.schema.MAX_TEXT + 10))
+    payload = json.loads(encode(published._replace(nodes=nodes, election=election), INTERVAL))
+    assert len(payload["nodes"]["replica1"]["error"]) == len(payload["reason"]) == shared.schema.MAX_TEXT
+    shared.schema.check(payload, ("default", "replica1"), now=1000.0, interval=INTERVAL)
