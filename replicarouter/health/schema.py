@@ -160,19 +160,19 @@ def _value(data: Mapping[str, Any], name: str, kind: str, where: str) -> Any:
     base = kind.rstrip("?")
     if name not in data or (value is None and kind.endswith("?")):
         return None
-    if base in ("name", "text"):
-        ok = isinstance(value, str) and len(value) <= (MAX_NAME if base == "name" else MAX_TEXT)
-    elif base == "bool":
-        ok = isinstance(value, bool)
-    elif base == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT
-    else:  # "number" and "time" are non-negative too (0 is the epoch: harmless, never in the future)
-        ok = (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and (base == "float" or value >= 0)
-        )
-    if not ok:
+    if not _is(value, base):
         raise BadSnapshot("snapshot_time" if base == "time" else "snapshot_schema", f"{where} {value!r:.80}")
     return value
+
+
+def _is(value: Any, base: str) -> bool:
+    if base in ("name", "text"):
+        return isinstance(value, str) and len(value) <= (MAX_NAME if base == "name" else MAX_TEXT)
+    if base == "bool":
+        return isinstance(value, bool)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base == "int":
+        return number and isinstance(value, int) and 0 <= value <= MAX_INT
+    if base in ("number", "time", "float"):  # non-negative but "float" (0 is the epoch: never the future)
+        return number and math.isfinite(value) and (base == "float" or value >= 0)
+    raise AssertionError(f"unknown kind {base!r}")

@@ -186,3 +186,50 @@ def test_the_size_limit_scales_with_the_nodes():
     for node in payload["nodes"].values():
         node.update(host="h" * schema.MAX_NAME, port="p" * schema.MAX_NAME, error="e" * schema.MAX_TEXT)
     assert len(json.dumps(payload)) < size_limit(2) / 4
+
+
+@pytest.mark.parametrize(
+    ("change", "kind", "message"),
+    [
+        (lambda p: p.pop("published_at"), "snapshot_schema", "published_at missing"),
+        (lambda p: p.update(published_at=1e12), "snapshot_time",
+         "published_at 1000000000000.0 is in the future (now 1000000.000)"),
+        (lambda p: p.update(published_at=0), "snapshot_time",
+         "published_at 0 is older than a snapshot lives in Redis"),
+        (lambda p: p.update(published_at=math.nan), "snapshot_time", "published_at nan"),
+        (lambda p: p.update(leader=1), "snapshot_schema", "leader 1"),
+        (lambda p: p.update(interval="1"), "snapshot_schema", "interval '1'"),
+        (lambda p: p.update(active=1), "snapshot_schema", "active 1"),
+        (lambda p: p.update(timeline=1.5), "snapshot_schema", "timeline 1.5"),
+        (lambda p: p.update(reason=1), "snapshot_schema", "reason 1"),
+        (lambda p: p.update(nodes=[]), "snapshot_schema", "nodes is not an object"),
+        (lambda p: p.update(nodes={str(i): {} for i in range(10)}), "snapshot_schema",
+         "nodes ['0', '1', '2', '3', '4', '5', '6', '7'] are not the cluster's ['default', 'replica1']"),
+        (lambda p: p["nodes"].update(replica1=[]), "snapshot_schema", "nodes.replica1 is not an object"),
+        (lambda p: p["nodes"]["replica1"].pop("alias"), "snapshot_schema", "nodes.replica1.alias missing"),
+        (lambda p: p["nodes"]["replica1"].update(state="ok"), "snapshot_schema",
+         "nodes.replica1.state 'ok' is not one of ('up', 'lagging', 'down', 'unknown')"),
+        (lambda p: p["nodes"]["replica1"].update(alias="x"), "snapshot_schema",
+         "nodes.replica1.alias is 'x'"),
+        (lambda p: p["nodes"]["replica1"].update(error="e" * 5000), "snapshot_schema",
+         "nodes.replica1.error " + repr("e" * 5000)[:80]),
+        (lambda p: p["nodes"]["default"].update(probed_at=-1), "snapshot_time", "nodes.default.probed_at -1"),
+    ],
+)  # fmt: skip
+def test_each_rejection_names_its_kind_and_the_field(change, kind, message):
+    payload = _payload()
+    change(payload)
+    with pytest.raises(BadSnapshot) as raised:
+        _check(payload)
+    assert (raised.value.kind, str(raised.value)) == (kind, message)
+
+
+def test_values_at_their_bounds_are_accepted():
+    payload = _payload(interval=None, timeline=0)
+    payload["nodes"]["replica1"].update(
+        position=2**64 - 1, received=0, started_at=0, probed_at=0.0, lag_seconds=0,
+        host="h" * schema.MAX_NAME, error="e" * schema.MAX_TEXT,
+    )  # fmt: skip
+    _check(payload)
+    with pytest.raises(BadSnapshot, match="not an object but list"):
+        _check([])
