@@ -233,3 +233,10 @@ def test_values_at_their_bounds_are_accepted():
     _check(payload)
     with pytest.raises(BadSnapshot, match="not an object but list"):
         _check([])
+
+
+def test_the_schema_types_every_field_of_node_health():
+    """A field added to NodeHealth must get a type here, or it would reach the router unchecked."""
+    from dataclasses import fields
+
+    assert [name for name, _ in schema._NODE_FIELDS] == [f.name for f in fields(NodeHealth)]
