@@ -16,6 +16,12 @@ Design:
   ``system_identifier``, and a process that probed its cluster itself ignores a snapshot naming an
   identifier its own probes did not see (``foreign``: logged once, counted as ``foreign_snapshots``).
 - **The JSON is an external format**: processes of another release read it during a rolling deploy.
+- **What is read from Redis is untrusted.** ``fetch`` asks Redis for the snapshot's length first and
+  reads it only if it is within ``schema.size_limit`` (a 20 MB value costs neither the transfer nor a
+  parse), then checks it against ``schema.check`` before using it. A value that fails is ignored (the
+  caller probes for itself), counted (``redis_bad_values{kind}``) and logged once per process and kind;
+  the next leader's publish overwrites it. A lease key without an expiry (nobody could ever take it) is
+  given one by the process that finds it, in the same script that renews (``lease_repaired``).
 """
 
 from __future__ import annotations
@@ -33,17 +39,15 @@ from replicarouter import runtime
 from replicarouter.observability import stats
 from replicarouter.routing.topology import Cluster
 
+from . import schema
 from .election import Election
 from .rules import NodeHealth
+from .schema import SNAPSHOT_TTL_INTERVALS
 
 logger = logging.getLogger("replicarouter.health")
 
 LEASE_INTERVALS = 3
 _NODE_FIELDS = frozenset(f.name for f in fields(NodeHealth))
-SNAPSHOT_TTL_INTERVALS = 10
-#: clusters whose foreign snapshot this process already logged (logged once, counted always)
-_warned: set[str] = set()
-runtime.on_reset(_warned.clear)
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -51,6 +55,36 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+#: renew our lease (1); or, when it is someone else's key without an expiry, give it one (2: repaired)
+_RENEW_OR_REPAIR = """
+local kind = redis.call('type', KEYS[1])['ok']
+if kind == 'string' and redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+if kind ~= 'none' and redis.call('pttl', KEYS[1]) == -1 then
+    redis.call('pexpire', KEYS[1], ARGV[2])
+    return 2
+end
+return 0
+"""
+#: the snapshot if it is a string of at most ARGV[1] bytes; its length if longer; -1 if not a string
+_FETCH = """
+local kind = redis.call('type', KEYS[1])['ok']
+if kind == 'none' then
+    return false
+end
+if kind ~= 'string' then
+    return -1
+end
+local size = redis.call('strlen', KEYS[1])
+if size > tonumber(ARGV[1]) then
+    return size
+end
+return redis.call('get', KEYS[1])
+"""
+#: kinds of bad values this process already logged (logged once per kind, counted always)
+_warned: set[str] = set()
+runtime.on_reset(_warned.clear)
 
 
 class Published(NamedTuple):
@@ -84,7 +118,18 @@ def lead(client: Any, cluster: str, identity: str, interval: float) -> bool:
             extra={"replicarouter_event": "leader", "replicarouter_cluster": cluster},
         )
         return True
-    return bool(client.eval(_RENEW, 1, key, identity, ttl))
+    renewed = client.eval(_RENEW_OR_REPAIR, 1, key, identity, ttl)
+    if renewed == 2:
+        stats.incr("leases_repaired", cluster)
+        if "lease" not in _warned:
+            _warned.add("lease")
+            logger.warning(
+                "the lease of cluster %r at %s had no expiry (nobody could ever take it over): gave it one "
+                "of %d ms (further repairs are only counted: leases_repaired)",
+                cluster, key, ttl,
+                extra={"replicarouter_event": "lease_repaired", "replicarouter_cluster": cluster},
+            )  # fmt: skip
+    return bool(renewed == 1)
 
 
 def release(client: Any, clusters: Iterable[str], identity: str) -> None:
@@ -103,29 +148,43 @@ def publish(client: Any, cluster: str, published: Published, interval: float) ->
 def fetch(
     client: Any, cluster: Cluster, interval: float, known: frozenset[str] = frozenset()
 ) -> Published | None:
-    """Return the snapshot published for ``cluster``; None if missing, unreadable or not applicable.
+    """Return the snapshot published for ``cluster``; None if missing, invalid or not applicable.
 
+    An invalid one (too large, not JSON, failing ``schema.check``) is counted and logged once per kind.
     ``known``: the system identifiers this process's own probes of ``cluster`` saw (empty if it never
     probed); a snapshot naming another one is ignored, logged once and counted.
     """
     key = snapshot_key(cluster.name)
-    raw = client.get(key)
+    aliases = (cluster.primary, *cluster.replicas)
+    limit = schema.size_limit(len(aliases))
+    raw = client.eval(_FETCH, 1, key, limit)
     if raw is None:
         return None
+    now = time.time()
     try:
-        published = decode(raw, cluster.primary)
-    except ValueError:
-        logger.warning(
-            "ignoring an unreadable health snapshot at %s", key, extra={"replicarouter_event": "bad_snapshot"}
-        )
+        if isinstance(raw, int):  # not read: Redis said how long it is (or that it is not a string)
+            if raw < 0:
+                raise schema.BadSnapshot("snapshot_schema", "the key does not hold a string")
+            schema.check_size(raw, len(aliases))
+        else:
+            schema.check_size(len(raw), len(aliases))
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise schema.BadSnapshot("snapshot_json", f"not JSON ({exc})") from exc
+        schema.check(payload, aliases, now=now, interval=interval)
+        published = _published(payload, cluster.primary)
+    except ValueError as exc:
+        kind = exc.kind if isinstance(exc, schema.BadSnapshot) else "snapshot_schema"
+        _bad_snapshot(kind, key, exc)
         return None
-    if not applies(published, cluster, interval=interval, now=time.time()):
+    if not applies(published, cluster, interval=interval, now=now):
         return None
     stranger = foreign(published, known)
     if stranger is not None:
         stats.incr("foreign_snapshots", cluster.name)
-        if cluster.name not in _warned:
-            _warned.add(cluster.name)
+        if f"foreign:{cluster.name}" not in _warned:
+            _warned.add(f"foreign:{cluster.name}")
             logger.warning(
                 "ignoring the health snapshot at %s: it names server %s, but this process's probes of "
                 "cluster %r reached %s (another site's databases?); probing for itself",
@@ -139,29 +198,56 @@ def fetch(
     return published
 
 
+def _bad_snapshot(kind: str, key: str, exc: Exception) -> None:
+    stats.incr("redis_bad_values", kind)
+    if kind in _warned:
+        return
+    _warned.add(kind)
+    logger.warning(
+        "ignoring an invalid health snapshot at %s (%s: %s): probing from this process meanwhile "
+        "(further ones of this kind are only counted: redis_bad_values)",
+        key, kind, exc,
+        extra={"replicarouter_event": "bad_snapshot", "replicarouter_kind": kind},
+    )  # fmt: skip
+
+
 def encode(published: Published, interval: float) -> str:
     """Return the JSON of a published snapshot."""
     payload = {
         "published_at": published.published_at,
         "leader": published.leader,
         "interval": interval,
-        "nodes": {alias: asdict(node) for alias, node in published.nodes.items()},
+        "nodes": {alias: _bounded(asdict(node)) for alias, node in published.nodes.items()},
         # "active", not "writer": processes of 0.1 read this key during a rolling deploy
         "active": published.election.writer,
         "timeline": published.election.timeline,
-        "reason": published.election.reason,
+        "reason": published.election.reason[: schema.MAX_TEXT],
     }
     return json.dumps(payload)
+
+
+def _bounded(node: dict[str, Any]) -> dict[str, Any]:
+    """Return a node's fields with its free text cut to what ``schema.check`` accepts."""
+    if node.get("error") is not None:
+        node["error"] = node["error"][: schema.MAX_TEXT]
+    return node
 
 
 def decode(raw: str | bytes, configured: str) -> Published:
     """Return the snapshot in ``raw``; raise ValueError if it cannot be read.
 
     Its fenced nodes are those marked so. One without a writer field (published before failover
-    existed) names the cluster's ``configured`` primary.
+    existed) names the cluster's ``configured`` primary. (``fetch`` checks ``schema`` first.)
     """
     try:
         payload = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"unreadable health snapshot: {exc}") from exc
+    return _published(payload, configured)
+
+
+def _published(payload: Any, configured: str) -> Published:
+    try:
         # fields a later release adds are ignored (a rolling deploy runs both releases side by side)
         nodes = {
             alias: NodeHealth(**{k: v for k, v in data.items() if k in _NODE_FIELDS})
@@ -175,7 +261,7 @@ def decode(raw: str | bytes, configured: str) -> Published:
             int(payload.get("timeline") or 0),
             str(payload.get("reason") or ""),
         )
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"unreadable health snapshot: {exc}") from exc
     return Published(nodes, election, payload.get("leader"), published_at)
 

@@ -6,7 +6,9 @@
 Where the numbers come from, freshest first: this process's monitor (if it runs here and is current),
 the snapshot the cluster's leader published in Redis, or, for a fresh process with neither (a
 ``manage.py replicastatus`` on a box without Redis), one direct probe of every node, judged on that
-probe alone. Passwords never appear: hosts and ports come from DATABASES, nothing else of it.
+probe alone. Passwords never appear: hosts and ports come from DATABASES, nothing else of it (also
+when the numbers come from Redis: a snapshot there cannot make this process show another host).
+A snapshot in Redis that fails validation (``health.schema``) is not used at all: a direct probe is.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def _iso(epoch: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def _node(node: NodeHealth) -> dict[str, Any]:
+def _node(node: NodeHealth, configured: NodeHealth) -> dict[str, Any]:
     data = node.public()
+    data["host"], data["port"] = configured.host, configured.port  # DATABASES', not what Redis says
     data["checked_at"] = _iso(node.checked_at)
     stats = pools.registry.stats(node.alias)
     data["pool"] = {key: stats.get(key, 0) for key in ("size", "checked_out", "overflow", "idle")}
@@ -130,9 +133,10 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
     published = monitor["published_at"]
     monitor["age_seconds"] = None if published is None else round(max(0.0, time.time() - published), 3)
     monitor["published_at"] = _iso(published)
+    configured = initial_nodes(spec, databases)
     return {
-        "primary": _node(nodes[spec.primary]),
-        "replicas": [_node(nodes[alias]) for alias in spec.replicas],
+        "primary": _node(nodes[spec.primary], configured[spec.primary]),
+        "replicas": [_node(nodes[alias], configured[alias]) for alias in spec.replicas],
         # "writes_to", not "writer": users script against status() and replicastatus --json
         "writes_to": writer,
         "writer_reason": reason,

@@ -28,6 +28,12 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "redis_breaker_opens": ("Times the request path's Redis circuit breaker opened (outages seen)", ()),
     "sticky_bad_values": ("Values in Redis under a session's keys that are not positions (ignored)", ()),
+    "redis_bad_values": (
+        "Values read from Redis that were ignored because they are malformed, by kind (snapshot_size, "
+        "snapshot_json, snapshot_schema, snapshot_time, sticky_position, sticky_pin)",
+        ("kind",),
+    ),
+    "leases_repaired": ("Health leases found without an expiry and given one by this process", ("cluster",)),
     "sticky_bad_cookies": ("Position cookies ignored: forged, expired or malformed", ("reason",)),
     "sticky_pins": (
         "Sessions pinned to the primary for STICKY_SECONDS because their write's position could not be read",

@@ -10,11 +10,17 @@ drops a newer write's position.
 Every call here runs on the request path: through ``guard`` (a client with a short deadline behind a
 circuit breaker), so a hung Redis costs a request at most ``redis_client.REQUEST_TIMEOUT`` once per
 breaker interval, and nothing while the breaker is open (the signed cookie carries the state).
+
+Values read back are untrusted: one that is not a non-negative integer is ignored by ``load_state``
+(counted in ``sticky_bad_values`` and ``redis_bad_values{kind}``, logged once per process and kind) and
+treated as absent by ``advance``, which overwrites it with an expiry; a primary pin further ahead than
+``STICKY_SECONDS`` (plus a clock allowance) cannot be one this release wrote, and is ignored too.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -26,11 +32,25 @@ from replicarouter.observability import stats
 from . import guard
 
 logger = logging.getLogger("replicarouter.sticky")
-#: problems this process already logged (logged once, counted always)
+#: kinds of problems this process already logged (logged once per kind, counted always)
 _warned: set[str] = set()
+#: how far past ``STICKY_SECONDS`` from now a stored primary pin may end (clocks of a site's hosts differ)
+PIN_CLOCK_ALLOWANCE = 5.0
+_DIGITS = re.compile(rb"[0-9]{1,20}")
 
+#: a stored value that is not a non-negative integer (or not a string at all) counts as absent: it is
+#: overwritten, with an expiry, rather than making every later advance fail
 _ADVANCE = """
-local current = tonumber(redis.call('get', KEYS[1]) or '-1')
+local current = -1
+if redis.call('type', KEYS[1])['ok'] == 'string' then
+    local stored = redis.call('get', KEYS[1])
+    if string.len(stored) <= 20 and string.match(stored, '^%d+$') then
+        current = tonumber(stored)
+        if current > 18446744073709551615 then
+            current = -1
+        end
+    end
+end
 if tonumber(ARGV[1]) > current then
     redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
     return 1
@@ -71,11 +91,13 @@ def _pin_key(cluster: str, identity: str) -> str:
 
 
 def _integer(value: Any) -> int | None:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number >= 0 else None
+    """Return ``value`` (bytes from Redis) as a non-negative integer of at most 20 digits, else None."""
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes) or not _DIGITS.fullmatch(value):
+        return None  # int() would take " 12", "+12" and "1_2": the advance script would not
+    number = int(value)
+    return number if number < 2**64 else None  # a WAL position or a deadline in ms is 64 bits
 
 
 def load_state(identity: str, clusters: list[str]) -> tuple[dict[str, int], dict[str, int]]:
@@ -96,22 +118,34 @@ def load_state(identity: str, clusters: list[str]) -> tuple[dict[str, int], dict
         return {}, {}
     guard.succeeded()
     found: list[dict[str, int]] = [{}, {}]
+    latest_pin = (time.time() + settings.STICKY_SECONDS + PIN_CLOCK_ALLOWANCE) * 1000
+    deadlines = settings.STICKY == "time"  # positions are deadlines (ms) too
     for index, value in enumerate(values):
         if value is None:
             continue
         number = _integer(value)
         cluster = clusters[index % len(clusters)]
-        if number is None:
-            stats.incr("sticky_bad_values")
-            if not _warned:
-                _warned.add("bad value")
-                logger.warning(
-                    "ignoring a sticky value that is not a position at %s (further ones are only counted: "
-                    "sticky_bad_values)", keys[index], extra={"replicarouter_event": "bad_sticky_value"},
-                )  # fmt: skip
+        kind = "sticky_position" if index < len(clusters) else "sticky_pin"
+        if number is None or ((deadlines or kind == "sticky_pin") and number > latest_pin):
+            _bad_value(kind, keys[index])
             continue
         found[index // len(clusters)][cluster] = number
     return found[0], found[1]
+
+
+def _bad_value(kind: str, key: str) -> None:
+    """Count, and log once per process and kind, a value under a session's key that is ignored."""
+    stats.incr("sticky_bad_values")
+    stats.incr("redis_bad_values", kind)
+    if kind in _warned:
+        return
+    _warned.add(kind)
+    what = "position" if kind == "sticky_position" else "primary pin (a deadline within STICKY_SECONDS)"
+    logger.warning(
+        "ignoring a sticky value that is not a %s at %s (further ones are only counted: "
+        "sticky_bad_values, redis_bad_values)", what, key,
+        extra={"replicarouter_event": "bad_sticky_value", "replicarouter_kind": kind},
+    )  # fmt: skip
 
 
 def load(identity: str, clusters: list[str]) -> dict[str, int]:

@@ -106,19 +106,26 @@ def test_a_snapshot_whose_writer_is_not_among_its_nodes_does_not_apply():
 
 
 class _Client:
-    """Redis as far as ``fetch`` and ``publish`` use it."""
+    """Redis as far as ``fetch`` and ``publish`` use it (the fetch script: length first, then the value)."""
 
     def __init__(self):
         self.data = {}
+        self.reads = 0
 
-    def get(self, key):
-        return self.data.get(key)
+    def eval(self, script, numkeys, key, limit):
+        assert script == shared._FETCH and numkeys == 1
+        value = self.data.get(key)
+        if value is None or len(value) > limit:
+            return None if value is None else len(value)
+        self.reads += 1
+        return value
 
     def set(self, key, value, px=None):
         self.data[key] = value.encode()
 
 
-def test_fetch_reads_what_publish_wrote_and_logs_an_unreadable_snapshot(caplog):
+def test_fetch_reads_what_publish_wrote_and_logs_an_unreadable_snapshot(caplog, monkeypatch):
+    monkeypatch.setattr(shared, "_warned", set())
     client = _Client()
     assert shared.fetch(client, CLUSTER, INTERVAL) is None  # nothing published yet
     published = _published(published_at=time.time())
@@ -129,13 +136,51 @@ def test_fetch_reads_what_publish_wrote_and_logs_an_unreadable_snapshot(caplog):
         and key == f"replicarouter:health:default:{fingerprint('default')}:snapshot"
     )
     assert shared.fetch(client, CLUSTER, INTERVAL) == published
-    shared.publish(client, "default", _published(published_at=time.time() - 60), INTERVAL)
+    shared.publish(client, "default", _published(published_at=time.time() - 2), INTERVAL)
     assert shared.fetch(client, CLUSTER, INTERVAL) is None  # stale
     client.data[key] = b"garbage"
     with caplog.at_level(logging.WARNING, logger="replicarouter.health"):
         assert shared.fetch(client, CLUSTER, INTERVAL) is None
-    assert caplog.messages == [f"ignoring an unreadable health snapshot at {key}"]
+        assert shared.fetch(client, CLUSTER, INTERVAL) is None  # the same kind again: counted, not logged
+    assert caplog.messages == [
+        f"ignoring an invalid health snapshot at {key} (snapshot_json: not "
+        "JSON (Expecting value: line 1 column 1 (char 0))): probing from this process meanwhile (further "
+        "ones of this kind are only counted: redis_bad_values)"
+    ]
     assert caplog.records[0].replicarouter_event == "bad_snapshot"
+    assert caplog.records[0].replicarouter_kind == "snapshot_json"
+
+
+def test_fetch_checks_the_size_before_it_reads_or_parses(caplog, monkeypatch):
+    """A snapshot over ``schema.size_limit`` is neither transferred nor parsed: Redis reports its length."""
+    monkeypatch.setattr(shared, "_warned", set())
+    parsed = []
+    monkeypatch.setattr(shared.json, "loads", lambda raw: parsed.append(raw))
+    client = _Client()
+    key = shared.snapshot_key("default")
+    client.data[key] = b"{" + b" " * (shared.schema.size_limit(2) - 1)  # exactly the limit: read
+    before = stats.total("redis_bad_values", kind="snapshot_size")
+    with caplog.at_level(logging.WARNING, logger="replicarouter.health"):
+        shared.fetch(client, CLUSTER, INTERVAL)
+        assert (client.reads, len(parsed)) == (1, 1)
+        client.data[key] += b" "  # a byte more: not read, not parsed
+        assert shared.fetch(client, CLUSTER, INTERVAL) is None
+    assert (client.reads, len(parsed)) == (1, 1)
+    assert stats.total("redis_bad_values", kind="snapshot_size") == before + 1
+    assert [r.replicarouter_kind for r in caplog.records] == ["snapshot_schema", "snapshot_size"]
+
+
+def test_encode_cuts_long_text_to_what_the_schema_accepts():
+    """A long server error must not make every process reject the leader's snapshots."""
+    published = _published()
+    nodes = dict(published.nodes)
+    nodes["replica1"] = replace(nodes["replica1"], error="e" * (shared.schema.MAX_TEXT + 10))
+    election = replace(published.election, reason="r" * (shared.schema.MAX_TEXT + 10))
+    payload = json.loads(encode(published._replace(nodes=nodes, election=election), INTERVAL))
+    assert len(payload["nodes"]["replica1"]["error"]) == len(payload["reason"]) == shared.schema.MAX_TEXT
+    shared.schema.check(payload, ("default", "replica1"), now=1000.0, interval=INTERVAL)
+
+
 
 
 def _with_identifiers(published, identifier):

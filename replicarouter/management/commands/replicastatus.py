@@ -1,10 +1,17 @@
-"""``manage.py replicastatus``: every node's role, state, lag and pool use; exit 0 / 1 / 2."""
+"""``manage.py replicastatus``: every node's role, state, lag and pool use; exit 0 / 1 / 2.
+
+Strings in the table may come from Redis (a leader's snapshot: errors, the leader's name) or from a
+server's error message: every one goes through ``printable``, so that no control character (an ANSI
+escape, a carriage return, a bidi override) reaches the operator's terminal. ``--json`` escapes them as
+JSON does.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+import unicodedata
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -13,6 +20,17 @@ from replicarouter.exceptions import ReplicaRouterError
 from replicarouter.observability.report import EXIT_CRITICAL, EXIT_DEGRADED, exit_code, status
 
 VERDICT = {0: "healthy", EXIT_DEGRADED: "DEGRADED", EXIT_CRITICAL: "CRITICAL"}
+
+
+def printable(value: object) -> str:
+    """Return ``str(value)`` with every control or format character escaped (``\\x1b``, ``\\u202e``)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch == " " or not unicodedata.category(ch).startswith(("C", "Z")) else ascii(ch)[1:-1]
+        for ch in text
+    )
 
 
 def _lag(node: dict[str, Any]) -> str:
@@ -49,31 +67,35 @@ def render(data: dict[str, Any]) -> str:
     for name, cluster in data["clusters"].items():
         monitor = cluster["monitor"]
         lines.append(
-            f"cluster {name!r}: source {monitor.get('source')}, leader {monitor.get('leader') or '-'}, "
-            f"redis {monitor.get('redis')}, snapshot age {monitor.get('age_seconds')} s"
+            printable(
+                f"cluster {name!r}: source {monitor.get('source')}, leader {monitor.get('leader') or '-'}, "
+                f"redis {monitor.get('redis')}, snapshot age {monitor.get('age_seconds')} s"
+            )
         )
         writer = cluster.get("writes_to")
         lines.append(
-            f"  writes go to: {writer or 'NOWHERE (writes fail with PrimaryUnavailable)'}"
-            + (f" ({cluster['writer_reason']})" if cluster.get("writer_reason") else "")
+            "  writes go to: "
+            + printable(
+                f"{writer or 'NOWHERE (writes fail with PrimaryUnavailable)'}"
+                + (f" ({cluster['writer_reason']})" if cluster.get("writer_reason") else "")
+            )
         )
-        rows = [header]
+        rows: list[tuple[str, ...]] = [header]
         for node in [cluster["primary"], *cluster["replicas"]]:
             pool = node["pool"]
             role = node["role"] + (" (PROMOTED)" if node.get("promoted") else "")
             role += " (FENCED)" if node.get("fenced") else ""
-            rows.append(
-                (
-                    node["alias"],
-                    f"{node['host'] or '-'}:{node['port'] or '-'}",
-                    role,
-                    node["state"],
-                    _lag(node),
-                    _age(node["checked_at"]),
-                    f"{pool['checked_out']}/{pool['size']}+{pool['overflow']}, {pool['idle']}",
-                    (node["error"] or "")[:60],
-                )
+            cells = (
+                node["alias"],
+                f"{node['host'] or '-'}:{node['port'] or '-'}",
+                role,
+                node["state"],
+                _lag(node),
+                _age(node["checked_at"]),
+                f"{pool['checked_out']}/{pool['size']}+{pool['overflow']}, {pool['idle']}",
+                printable(node["error"] or "")[:60],
             )
+            rows.append(tuple(printable(cell) for cell in cells))
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
         for row in rows:
             lines.append("  " + "  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
