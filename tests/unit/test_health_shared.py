@@ -181,8 +181,6 @@ def test_encode_cuts_long_text_to_what_the_schema_accepts():
     shared.schema.check(payload, ("default", "replica1"), now=1000.0, interval=INTERVAL)
 
 
-
-
 def _with_identifiers(published, identifier):
     nodes = {a: replace(n, system_identifier=identifier) for a, n in published.nodes.items()}
     return published._replace(nodes=nodes)

@@ -50,7 +50,7 @@ def test_load_state_ignores_counts_and_logs_once_per_kind(monkeypatch, caplog):
         position, pin = store._key("default", "me"), store._pin_key("default", "me")
         soon = int((time.time() + 10) * 1000)
         values = {position: b"abc", pin: str(soon + 60_000).encode()}  # a pin a minute too far ahead
-        monkeypatch.setattr(store, "client", lambda: _Client(values))
+        monkeypatch.setattr(store, "client", lambda operation="load": _Client(values))
         before = {k: stats.total("redis_bad_values", kind=k) for k in ("sticky_position", "sticky_pin")}
         sticky_before = stats.total("sticky_bad_values")
         with caplog.at_level(logging.WARNING, logger="replicarouter.sticky"):
