@@ -123,3 +123,19 @@ class RoundsOfRecords(logging.Handler):
 
     def __exit__(self, *exc: object) -> None:
         self.logger.removeHandler(self)
+
+
+def child_settings(cluster: Any, **replicarouter: Any) -> dict[str, Any]:
+    """Return ``django_settings(cluster, ...)`` for a child process of this test run.
+
+    With the test databases' names (Django's test runner renamed them in this process): the child then
+    reads testapp's tables and computes the same Redis key fingerprints as this process.
+    """
+    from django.conf import settings
+
+    from replicarouter.testing import django_settings
+
+    values = django_settings(cluster, **replicarouter)
+    for alias, entry in values["DATABASES"].items():
+        entry["NAME"] = settings.DATABASES[alias]["NAME"]
+    return values

@@ -27,7 +27,7 @@ from replicarouter.observability import stats
 from replicarouter.sticky import store as stickystore
 from replicarouter.testing import django_settings
 from replicarouter.testing.base import wait_for
-from tests.helpers import routed
+from tests.helpers import child_settings, routed
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -233,7 +233,7 @@ def test_a_non_integer_sticky_value_without_ttl_is_overwritten_by_the_next_write
 
 def _replicastatus(replica_cluster, routing, *args):
     # a longer interval than the monitor's: the fresh process reads a snapshot published seconds ago
-    values = django_settings(replica_cluster, KEY_PREFIX=routing["KEY_PREFIX"], CHECK_INTERVAL=5.0)
+    values = child_settings(replica_cluster, KEY_PREFIX=routing["KEY_PREFIX"], CHECK_INTERVAL=5.0)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.cluster_settings",
            "REPLICAROUTER_TEST_SETTINGS": json.dumps(values)}  # fmt: skip
     return subprocess.run(

@@ -12,19 +12,15 @@ import subprocess
 import sys
 import uuid
 
-from replicarouter.testing import django_settings
 from replicarouter.testing.base import wait_for
+from tests.helpers import child_settings
 
 FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.4}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env(replica_cluster, prefix):
-    from django.conf import settings
-
-    values = django_settings(replica_cluster, KEY_PREFIX=prefix, **FAST)
-    for alias, entry in values["DATABASES"].items():  # the test database, where testapp's table is
-        entry["NAME"] = settings.DATABASES[alias]["NAME"]
+    values = child_settings(replica_cluster, KEY_PREFIX=prefix, **FAST)
     return {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.cluster_settings",
             "REPLICAROUTER_TEST_SETTINGS": json.dumps(values)}  # fmt: skip
 
