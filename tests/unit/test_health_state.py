@@ -384,3 +384,12 @@ def test_streak_at_survives_the_shared_snapshot_and_stays_out_of_public():
     published = Published({"r1": node}, Election("r1", frozenset(), 1, ""), "host:1:abc", 1000.0)
     assert decode(encode(published, 1.0), "r1").nodes["r1"].streak_at == 1234.5
     assert "streak_at" not in node.public()
+
+
+def test_a_probe_s_server_identity_and_start_time_are_kept_in_the_node():
+    """The snapshot carries what the probe read of the server (foreign snapshots, restarts need it)."""
+    result = ProbeResult(
+        "r1", True, in_recovery=True, position=1000, system_identifier="7001", server_started=5.0
+    )
+    node = step(NodeHealth("r1", "replica"), result)
+    assert (node.system_identifier, node.started_at) == ("7001", 5.0)

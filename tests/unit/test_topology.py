@@ -251,3 +251,30 @@ def test_a_local_node_makes_the_hostname_part_of_the_fingerprint(host):
 def test_remote_hosts_are_not_local():
     for host in ("db1.example", "10.0.0.5", "128.0.0.1", "::2", "localhost-db"):
         assert not is_local_host(host), host
+
+
+def test_the_fingerprint_format_is_fixed():
+    """An external format: processes of one site (and of two releases) must compute the same keys.
+
+    sha256 of the sorted ``host:port/name`` lines (missing parts empty), plus ``@hostname`` when a node
+    is local, first 16 hex digits.
+    """
+    import hashlib
+
+    def expected(material):
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    remote = {"default": _node("db1.a"), "replica1": {"ENGINE": ENGINE, "HOST": "db2.a"}}
+    spec = Cluster("default", "default", ("replica1",))
+    assert fingerprint(spec, remote, "web1") == expected("db1.a:5432/app\ndb2.a:/")
+    local = {"default": _node("db1.a,localhost"), "replica1": _node("db2.a", port="5433")}
+    assert fingerprint(spec, local, "web1") == expected("db1.a,localhost:5432/app\ndb2.a:5433/app\n@web1")
+    # an alias the settings lack (a check reports it): still a fingerprint, from what is known
+    assert fingerprint(Cluster("c", "default", ("gone",)), remote, "w") == expected(":/\ndb1.a:5432/app\n@w")
+
+
+@pytest.mark.parametrize(
+    "host", ["@abstract", "localhost.localdomain", "LOCALHOST", "db.localhost", "app.LOCALHOST"]
+)
+def test_more_names_of_this_machine_are_local(host):
+    assert is_local_host(host)
