@@ -23,3 +23,16 @@ def private_runtime():
         yield {**os.environ, "REPLICAROUTER_TESTING_DIR": str(root)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def paused(replica_cluster):
+    """Fault: replay paused on both replicas (resumed after the test): any replica read is stale."""
+    for name in ("replica1", "replica2"):
+        replica_cluster.pause_replay(name)
+    try:
+        yield
+    finally:
+        for name in ("replica1", "replica2"):
+            replica_cluster.resume_replay(name)
+        replica_cluster.wait_caught_up()

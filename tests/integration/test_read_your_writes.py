@@ -48,19 +48,6 @@ def db_sessions(request, routing):
         yield request.param
 
 
-@pytest.fixture
-def paused(replica_cluster):
-    """Fault: replay paused on both replicas (resumed after the test)."""
-    for name in ("replica1", "replica2"):
-        replica_cluster.pause_replay(name)
-    try:
-        yield
-    finally:
-        for name in ("replica1", "replica2"):
-            replica_cluster.resume_replay(name)
-        replica_cluster.wait_caught_up()
-
-
 def _ports(replica_cluster):
     return {n.name: n.port for n in replica_cluster.nodes}
 

@@ -44,19 +44,6 @@ def routing(replica_cluster):
 
 
 @pytest.fixture
-def paused(replica_cluster):
-    """Fault: replay paused on both replicas (resumed after the test): any replica read is stale."""
-    for name in ("replica1", "replica2"):
-        replica_cluster.pause_replay(name)
-    try:
-        yield
-    finally:
-        for name in ("replica1", "replica2"):
-            replica_cluster.resume_replay(name)
-        replica_cluster.wait_caught_up()
-
-
-@pytest.fixture
 def redis(replica_cluster):
     import redis as redis_py
 
