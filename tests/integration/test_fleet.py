@@ -29,6 +29,7 @@ from tests.helpers import child_settings
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.4}
+REPLICAS = ("replica1", "replica2")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -224,3 +225,66 @@ def test_invalid_process_records_are_ignored_counted_and_logged_once(
 
 def records_kinds():
     return ("procs_json", "procs_schema", "procs_time", "procs_size")
+
+
+def test_metrics_serve_the_sums_over_every_live_process(replica_cluster, transactional_db):
+    """A scrape of one process shows the site's pools (another process's held connections included)."""
+    from django.db import connections
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from replicarouter.health import monitor
+    from replicarouter.routing.context import request_context
+    from tests.helpers import routed
+    from tests.testapp.models import Item
+
+    def scrape():
+        response = Client().get("/metrics")
+        assert response.status_code == 200
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.content.decode())
+            for sample in family.samples
+        }
+
+    def fleet_view(samples):
+        def value(name, **labels):
+            return samples.get((f"replicarouter_{name}", frozenset(labels.items())))
+
+        return {
+            "processes": value("fleet_processes", cluster="default"),
+            "checked_out": value("fleet_pool_checked_out", cluster="default", alias="replica1"),
+            "own": value("pool_checked_out", alias="replica1"),
+            "reads": sum(value("fleet_reads_routed", cluster="default", alias=a) or 0 for a in REPLICAS),
+            "own_reads": sum(value("reads_routed_total", cluster="default", alias=a) or 0 for a in REPLICAS),
+        }
+
+    with routed(replica_cluster, **FAST) as values, tempfile.TemporaryFile("w+") as log:
+        with request_context():
+            for _ in range(4):
+                assert Item.objects.count() >= 0  # routed to a replica
+        connections.close_all()
+        holder = _holder(replica_cluster, values["KEY_PREFIX"], "replica1", 2, log)
+        try:
+            _ready(holder, log)
+            rounds = monitor.running().rounds
+            # this process's monitor published after its reads (two rounds on): both processes are summed
+            view = wait_for(
+                "a scrape summing both processes",
+                lambda: (
+                    v
+                    if (v := fleet_view(scrape()))["processes"] == 2
+                    and monitor.running().rounds >= rounds + 2
+                    else None
+                ),
+                timeout=30,
+            )
+            assert view["checked_out"] == 2 and view["own"] == 0, view  # the other process's connections
+            # the routed reads, as this process published them (the holder routed none), and the
+            # per-process counter still served beside the sum
+            assert view["own_reads"] >= view["reads"] >= 4, view
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()
+            holder.stdin.close()
