@@ -13,7 +13,8 @@ Design:
   names servers our own probes did not reach (another site's).
   Then dispose of the pools the round made suspect, count a failover, install the snapshot (``store``).
   Without Redis each process probes for itself. Redis errors never reach a request: the process probes
-  for itself until Redis answers again.
+  for itself until Redis answers again. Last, the process reports its pools and counters
+  (``observability.fleet.publish``) so that ``replicastatus`` and the metrics can sum every process's.
 - **Exclusion drops connections.** When a replica stops being usable in this process's view, its pool's
   idle connections are closed: they may be stuck on a frozen server or point at a node that left. The
   same goes for the primary alias when the writer changes, and for a node that gets fenced.
@@ -33,7 +34,7 @@ from typing import Any
 from replicarouter import redis_client as shared_redis
 from replicarouter import runtime
 from replicarouter.conf import settings, topology
-from replicarouter.observability import stats
+from replicarouter.observability import fleet, stats
 from replicarouter.routing.topology import Cluster
 
 from . import shared
@@ -100,6 +101,7 @@ class Monitor:
         client = shared_redis.client()
         if client is not None:
             shared.release(client, list(self._nodes), self.identity)
+            fleet.withdraw(client, self.identity)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -130,6 +132,8 @@ class Monitor:
             self._nodes[cluster.name] = view.nodes
             self._elections[cluster.name] = view.election
             self._apply(cluster, view, inputs)
+        if client is not None:  # this process's pools and counters, for every process's one view
+            fleet.publish(client, self.identity, inputs.interval, inputs.timeout)
 
     def _shared(
         self,

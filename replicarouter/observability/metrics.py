@@ -4,6 +4,9 @@ Everything is read at scrape time from what the process keeps anyway (the health
 registry, the ``stats`` counters): the request path does no Prometheus work. The numbers are this
 process's: with several worker processes, scrape each one (or sum them) as with any per-process client
 metrics. Node state and lag are the same in every process (the monitor's snapshot, shared through Redis).
+The ``fleet_*`` gauges are the exception: sums over every live process of the site, read from the
+reports the processes' monitors publish in Redis (``fleet``; one Redis read per cluster per scrape), so
+that a scrape that reaches any one worker behind a shared port still sees every worker's pools.
 
 Use it with ``path("metrics", replicarouter.metrics.metrics_view)`` in your URLconf, or ``register()`` on
 the registry your exporter already serves. Names are listed in ``METRIC_NAMES`` and docs/metrics.md.
@@ -25,13 +28,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from replicarouter import __version__, pool_stats
-from replicarouter.conf import topology
+from replicarouter import redis_client as shared_redis
+from replicarouter.conf import settings, topology
 from replicarouter.health import store as health
 from replicarouter.health.monitor import running
 from replicarouter.sticky import guard
 from replicarouter.sticky.breaker import CLOSED
 
-from . import stats
+from . import fleet, stats
 
 STATES = ("up", "lagging", "down", "unknown")
 
@@ -55,7 +59,23 @@ GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("pool_overflow", "Connections in use beyond SIZE (up to MAX_OVERFLOW)", ("alias",)),
     ("pool_idle", "Open connections waiting in the alias's pool", ("alias",)),
     ("info", "replicarouter version", ("version",)),
+    ("fleet_processes", "Processes of the site whose pools and counters were summed (live reports in Redis)",
+     ("cluster",)),
+    ("fleet_pool_size", "Pool SIZE of the alias summed over every live process of the site",
+     ("cluster", "alias")),
+    ("fleet_pool_checked_out", "Connections of the alias in use now, summed over every live process",
+     ("cluster", "alias")),
+    ("fleet_pool_overflow", "Connections beyond SIZE, summed over every live process", ("cluster", "alias")),
+    ("fleet_pool_idle", "Idle connections of the alias, summed over every live process",
+     ("cluster", "alias")),
+    ("fleet_reads_routed", "Sum of the live processes' reads_routed counters: a gauge, it falls when a "
+     "process exits (rate() the per-process counter instead)", ("cluster", "alias")),
+    ("fleet_writes_routed", "Sum of the live processes' writes_routed counters: a gauge, it falls when a "
+     "process exits (rate() the per-process counter instead)", ("cluster", "alias")),
 )  # fmt: skip
+
+#: counters whose sums over the live processes are exported as ``fleet_<name>`` gauges
+FLEET_COUNTERS = ("reads_routed", "writes_routed")
 
 #: every family name as it appears in PromQL (counters with their ``_total`` suffix)
 METRIC_NAMES: frozenset[str] = frozenset(
@@ -77,6 +97,7 @@ class ReplicaRouterCollector(Collector):
         gauges["info"].add_metric([__version__], 1)
         gauges["redis_breaker_open"].add_metric([], guard.breaker().state != CLOSED)
         self._nodes(gauges)
+        self._fleet(gauges)
         exhausted = CounterMetricFamily(
             "replicarouter_pool_exhausted",
             "Checkouts that gave up with PoolExhausted (SIZE + MAX_OVERFLOW in use for TIMEOUT)",
@@ -93,6 +114,27 @@ class ReplicaRouterCollector(Collector):
             for values_, count in sorted(stats.values(name).items()):
                 family.add_metric(list(values_), count)
             yield family
+
+    @staticmethod
+    def _fleet(gauges: dict[str, GaugeMetricFamily]) -> None:
+        """Add the sums over every live process of the site (one Redis read per cluster, see fleet)."""
+        monitor = running()
+        client = shared_redis.client()
+        for cluster in topology().clusters:
+            view = fleet.view(
+                cluster,
+                client,
+                identity=None if monitor is None else monitor.identity,
+                interval=settings.CHECK_INTERVAL,
+                timeout=settings.CHECK_TIMEOUT,
+            )
+            gauges["fleet_processes"].add_metric([cluster.name], view.processes)
+            for alias, figures in view.pools.items():
+                for key, value in figures.items():
+                    gauges[f"fleet_pool_{key}"].add_metric([cluster.name, alias], value)
+            for name in FLEET_COUNTERS:
+                for values, count in sorted(view.counters.get(name, {}).items()):
+                    gauges[f"fleet_{name}"].add_metric(list(values), count)
 
     @staticmethod
     def _nodes(gauges: dict[str, GaugeMetricFamily]) -> None:

@@ -9,6 +9,10 @@ the snapshot the cluster's leader published in Redis, or, for a fresh process wi
 probe alone. Passwords never appear: hosts and ports come from DATABASES, nothing else of it (also
 when the numbers come from Redis: a snapshot there cannot make this process show another host).
 A snapshot in Redis that fails validation (``health.schema``) is not used at all: a direct probe is.
+
+A node's ``pool`` figures are summed over every live process of the site, each reporting its own through
+Redis (``fleet``), with ``processes`` saying how many reported; without Redis they are this process's
+own, and ``processes`` is 1.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from replicarouter import pool as pools
 from replicarouter import redis_client as shared_redis
 from replicarouter.conf import settings, topology
 from replicarouter.health import shared
@@ -28,7 +31,7 @@ from replicarouter.health.monitor import running
 from replicarouter.health.probe import Prober, connection_params
 from replicarouter.health.rules import NodeHealth, Rules, initial_nodes, judge
 
-from . import stats
+from . import fleet, stats
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_CRITICAL = 0, 1, 2
 
@@ -39,12 +42,12 @@ def _iso(epoch: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def _node(node: NodeHealth, configured: NodeHealth) -> dict[str, Any]:
+def _node(node: NodeHealth, configured: NodeHealth, processes: fleet.View) -> dict[str, Any]:
     data = node.public()
     data["host"], data["port"] = configured.host, configured.port  # DATABASES', not what Redis says
     data["checked_at"] = _iso(node.checked_at)
-    stats = pools.registry.stats(node.alias)
-    data["pool"] = {key: stats.get(key, 0) for key in ("size", "checked_out", "overflow", "idle")}
+    # summed over every live process of the site (this one alone without Redis), and how many reported
+    data["pool"] = {**processes.pools[node.alias], "processes": processes.processes}
     return data
 
 
@@ -134,9 +137,17 @@ def _cluster_status(spec: Any, databases: dict[str, Any], redis_client: Any) -> 
     monitor["age_seconds"] = None if published is None else round(max(0.0, time.time() - published), 3)
     monitor["published_at"] = _iso(published)
     configured = initial_nodes(spec, databases)
+    own = running()
+    processes = fleet.view(
+        spec,
+        redis_client,
+        identity=None if own is None else own.identity,
+        interval=interval,
+        timeout=settings.CHECK_TIMEOUT,
+    )
     return {
-        "primary": _node(nodes[spec.primary], configured[spec.primary]),
-        "replicas": [_node(nodes[alias], configured[alias]) for alias in spec.replicas],
+        "primary": _node(nodes[spec.primary], configured[spec.primary], processes),
+        "replicas": [_node(nodes[alias], configured[alias], processes) for alias in spec.replicas],
         # "writes_to", not "writer": users script against status() and replicastatus --json
         "writes_to": writer,
         "writer_reason": reason,

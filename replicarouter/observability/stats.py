@@ -30,7 +30,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sticky_bad_values": ("Values in Redis under a session's keys that are not positions (ignored)", ()),
     "redis_bad_values": (
         "Values read from Redis that were ignored because they are malformed, by kind (snapshot_size, "
-        "snapshot_json, snapshot_schema, snapshot_time, sticky_position, sticky_pin)",
+        "snapshot_json, snapshot_schema, snapshot_time, sticky_position, sticky_pin, procs_size, procs_json, "
+        "procs_schema, procs_time)",
         ("kind",),
     ),
     "leases_repaired": ("Health leases found without an expiry and given one by this process", ("cluster",)),

@@ -405,7 +405,7 @@ def test_replicastatus_from_a_fresh_process(replica_cluster):
     cluster = data["clusters"]["default"]
     for node in [cluster["primary"], *cluster["replicas"]]:
         assert set(node) >= NODE_KEYS
-        assert set(node["pool"]) == {"size", "checked_out", "overflow", "idle"}
+        assert set(node["pool"]) == {"size", "checked_out", "overflow", "idle", "processes"}
         assert node["state"] == "up"
     assert [n["alias"] for n in cluster["replicas"]] == ["replica1", "replica2"]
     assert "monitor" in cluster and cluster["monitor"]["source"] in ("redis", "direct probe")

@@ -40,6 +40,7 @@ PURE = [
     "health/lag.py",
     "health/election.py",
     "health/schema.py",
+    "observability/fleet_records.py",
 ]
 IMPURE_IMPORTS = ("django", "redis", "sqlalchemy", "psycopg2", "psycopg", "replicarouter.conf")
 #: computation without I/O that a pure module may use: Django's signing (the position cookie)

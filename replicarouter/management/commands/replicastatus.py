@@ -72,6 +72,9 @@ def render(data: dict[str, Any]) -> str:
                 f"redis {monitor.get('redis')}, snapshot age {monitor.get('age_seconds')} s"
             )
         )
+        nodes = [cluster["primary"], *cluster["replicas"]]
+        reported = nodes[0]["pool"].get("processes", 1)
+        lines.append(f"  pools: summed over {reported} process{'' if reported == 1 else 'es'}")
         writer = cluster.get("writes_to")
         lines.append(
             "  writes go to: "
@@ -81,7 +84,7 @@ def render(data: dict[str, Any]) -> str:
             )
         )
         rows: list[tuple[str, ...]] = [header]
-        for node in [cluster["primary"], *cluster["replicas"]]:
+        for node in nodes:
             pool = node["pool"]
             role = node["role"] + (" (PROMOTED)" if node.get("promoted") else "")
             role += " (FENCED)" if node.get("fenced") else ""
