@@ -133,6 +133,19 @@ def snapshot(cluster: str) -> Snapshot | None:
     return _snapshots.get(cluster)
 
 
+def incarnation(cluster: str) -> tuple[str, int, int | None] | None:
+    """Return the writer's system identifier ("" unknown), the cluster's timeline and the writer's
+    position, from a fresh snapshot with a writer; None when it does not know them (sticky positions
+    of other incarnations are then kept: see ``sticky.incarnation``)."""
+    snapshot = _snapshots.get(cluster)
+    if snapshot is None or snapshot.writer is None or snapshot.stale():
+        return None
+    node = snapshot.nodes.get(snapshot.writer)
+    if node is None or node.failures or node.checked_at is None:
+        return None
+    return node.system_identifier or "", snapshot.timeline, node.position
+
+
 def probe_after(cluster: str, alias: str, moment: float) -> tuple[float, int, float | None] | None:
     """Return the earliest remembered successful probe of ``alias`` that started after ``moment``.
 

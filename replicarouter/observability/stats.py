@@ -40,6 +40,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Sessions pinned to the primary for STICKY_SECONDS because their write's position could not be read",
         ("cluster",),
     ),
+    "sticky_foreign_positions": (
+        "Session positions (or monotonic floors) dropped because they belong to another incarnation of the "
+        "cluster (reason: system, a rebuild; timeline or unknown, beyond the current primary's position)",
+        ("cluster", "reason"),
+    ),
     "read_retries": ("Reads re-run elsewhere after their replica connection broke", ("alias",)),
     "read_fallbacks": ("Connections of a replica alias lent by another node", ("alias",)),
     "reads_aborted": ("Reads cut by the watchdog (READ_TIMEOUT on an unresponsive node)", ("alias",)),

@@ -29,9 +29,11 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
 from replicarouter.conf import settings, topology
+from replicarouter.health import store as health
 from replicarouter.observability import stats
 from replicarouter.sticky import policy as sticky
 from replicarouter.sticky import store as stickystore
+from replicarouter.sticky.incarnation import Incarnation, merge_recorded
 
 from . import context
 from .context import RequestState, request_context
@@ -65,6 +67,30 @@ def _bad_cookie(problem: str) -> None:
         )
 
 
+def _now(cluster: str) -> tuple[Incarnation, int | None] | None:
+    """Return the cluster's incarnation and its primary's position, as a fresh snapshot knows them."""
+    known = health.incarnation(cluster)
+    return None if known is None else (Incarnation(known[0], known[1]), known[2])
+
+
+def _foreign(cluster: str, reason: str, source: str) -> None:
+    """Count, and log once per process and reason, a position of another incarnation that is dropped."""
+    stats.incr("sticky_foreign_positions", cluster, reason)
+    if f"foreign:{reason}" in _logged:
+        return
+    _logged.add(f"foreign:{reason}")
+    why = {
+        "system": "another system identifier: the cluster was rebuilt",
+        "timeline": "an older timeline, beyond the current primary's position: a lost future",
+        "unknown": "no incarnation (previous format), beyond the current primary's position",
+    }.get(reason, reason)
+    logger.warning(
+        "dropping a session's position on %s from the %s (%s); further ones are only counted "
+        "(sticky_foreign_positions)", cluster, source, why,
+        extra={"replicarouter_event": "sticky_foreign_position", "replicarouter_cluster": cluster},
+    )  # fmt: skip
+
+
 def begin(request: Any, state: RequestState) -> None:
     """Install the request's sticky state (no I/O)."""
     mode = settings.STICKY
@@ -75,13 +101,16 @@ def begin(request: Any, state: RequestState) -> None:
         _bad_cookie(cookie.problem)
     seen = cookie.seen if settings.MONOTONIC_READS else {}
     current = sticky.StickyState(mode, known=cookie.positions, pins=cookie.pins, seen=seen)
+    current.incarnations, current.seen_incarnations = cookie.incarnations, cookie.seen_incarnations
+    current.now, current.on_foreign = _now, _foreign
     current.had_cookie = sticky.COOKIE_NAME in request.COOKIES
+    current.screen()
 
-    def loader() -> tuple[dict[str, int], dict[str, int]]:
+    def loader() -> tuple[dict[str, int], dict[str, int], dict[str, Incarnation]]:
         current.identity = _identity(request)
         if current.identity is None:
-            return {}, {}
-        return stickystore.load_state(current.identity, [c.name for c in topology().clusters])
+            return {}, {}, {}
+        return stickystore.load_marks(current.identity, [c.name for c in topology().clusters])
 
     current.loader = loader
     state.sticky = current
@@ -126,12 +155,14 @@ def _bound_primary_reads(current: sticky.StickyState, clusters: set[str]) -> Non
     """
     if not clusters or not settings.MONOTONIC_READS:
         return
-    recorded, _failed = stickystore.record(clusters, "lsn")
+    recorded, tags, _failed = stickystore.record_marks(clusters, "lsn")
     now = time.time()
     for cluster, position in recorded.items():
         seen = current.seen.get(cluster)
-        floor = max(position, seen.floor if seen is not None else 0)
+        same = current.seen_incarnations.get(cluster) == tags[cluster]  # another's floor: replaced
+        floor = max(position, seen.floor if seen is not None and same else 0)
         current.seen[cluster] = sticky.Seen("", now, now, floor)
+        current.seen_incarnations[cluster] = tags[cluster]
         current.seen_changed = True
 
 
@@ -143,30 +174,36 @@ def _record(
     released: set[str] | frozenset[str],
 ) -> None:
     """Store what ``wrote`` and ``released`` change for the session, in Redis and in the cookie."""
-    changed = bool(wrote) or current.seen_changed
+    changed = bool(wrote) or current.seen_changed or bool(current.foreign_stored)
     can_release = bool(released) and current.loaded is not None
     if not changed and not can_release:
         return  # nothing to record or release: no identity lookup (it may load the user)
     identity = current.identity or _identity(request)
     positions = dict(current.known)
     if wrote:
-        recorded, failed = stickystore.record(wrote, current.mode)
+        recorded, tags, failed = stickystore.record_marks(wrote, current.mode)
         now = time.time()
         for cluster, position in recorded.items():
             if identity is not None:
-                stickystore.advance(identity, cluster, position)
+                stickystore.advance(identity, cluster, position, tags.get(cluster))
             if current.mode == "lsn":  # everything the request read is at or before its write's position
                 current.seen[cluster] = sticky.Seen("", now, now, position)
+                current.seen_incarnations[cluster] = tags[cluster]
                 current.seen_changed = True
         for cluster, exc in failed:
             _pin(identity, current, cluster, exc)
-        positions = sticky.merge(positions, recorded)
+        # a position of another incarnation is replaced, not kept as the maximum
+        positions, current.incarnations = merge_recorded((positions, current.incarnations), (recorded, tags))
         current.known = positions
+    if identity is not None:
+        for cluster, (position, tag) in current.foreign_stored.items():
+            if cluster not in wrote:  # a write replaced it already
+                stickystore.release(identity, cluster, position, tag)
     if can_release:
         for cluster in released:
             stored = current.loaded.get(cluster) if current.loaded is not None else None
             if identity is not None and stored is not None:
-                stickystore.release(identity, cluster, stored)
+                stickystore.release(identity, cluster, stored, current.loaded_incarnations.get(cluster))
             positions.pop(cluster, None)
         current.known = positions
     _set_cookie(response, current, positions)

@@ -17,9 +17,17 @@ import hmac
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.core import signing
+
+from . import incarnation
+from .incarnation import Incarnation, Tags
+from .monotonic import CLOCK_MARGIN, Probe, Seen, after_read, monotonic_allowed, reached, stays, switch_bound
+
+__all__ = [
+    "CLOCK_MARGIN", "Probe", "Seen", "after_read", "monotonic_allowed", "stays", "switch_bound",
+]  # fmt: skip
 
 COOKIE_NAME = "replicarouter_pos"
 COOKIE_SALT = "replicarouter.sticky"
@@ -45,24 +53,6 @@ def merge(*sources: Mapping[str, int]) -> dict[str, int]:
     return merged
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """What a session last read on one cluster, for monotonic reads (see ``monotonic_allowed``).
-
-    All times are wall-clock seconds (``time.time()``): they are compared with the monitor's probe times,
-    which may come from another process or host through Redis.
-    """
-
-    #: the alias whose node served the session's latest reads ("": none since ``floor`` was set)
-    node: str
-    #: when the session began reading from ``node`` (a restart of the node after it voids "it only grew")
-    since: float
-    #: every read from ``node`` happened at or before this moment (a claim, extended ahead of time)
-    until: float
-    #: a WAL position at or past everything the session read before it turned to ``node``
-    floor: int = 0
-
-
 @dataclass
 class CookieState:
     """What the signed cookie carries: positions, primary pins and what the session last read."""
@@ -75,6 +65,10 @@ class CookieState:
     seen: dict[str, Seen] = field(default_factory=dict)
     #: why the cookie was ignored (forged, expired, malformed); None when it was fine or absent
     problem: str | None = None
+    #: the incarnation each position was recorded on (absent: unknown, a cookie of the previous format)
+    incarnations: Tags = field(default_factory=dict)
+    #: the incarnation of each ``seen`` floor
+    seen_incarnations: Tags = field(default_factory=dict)
 
 
 def _ms(seconds: float) -> int:
@@ -88,6 +82,10 @@ def write_cookie(state: CookieState, mode: str) -> str:
         data["t"] = dict(state.pins)
     if state.seen:
         data["v"] = {c: [s.node, _ms(s.since), _ms(s.until), s.floor] for c, s in state.seen.items()}
+    if state.incarnations:
+        data["i"] = incarnation.tokens(state.incarnations, state.positions)
+    if state.seen_incarnations:
+        data["j"] = incarnation.tokens(state.seen_incarnations, state.seen)
     return str(signing.dumps(data, salt=COOKIE_SALT, compress=True))
 
 
@@ -110,7 +108,9 @@ def _seen(value: Any) -> Seen | None:
 
 def read_cookie(value: str | None, mode: str, max_age: float) -> CookieState:
     """Return what a cookie carries; an empty state (with ``problem`` set) when it is forged, expired or
-    malformed. Entries of the wrong type are dropped one by one."""
+    malformed. Entries of the wrong type are dropped one by one. Keys: ``m`` mode, ``p`` positions, ``t``
+    pins, ``v`` seen, ``i``/``j`` the incarnations of positions/floors (absent in the previous format:
+    unknown, judged by ``incarnation.keeps``)."""
     if not value:
         return CookieState()
     try:
@@ -127,90 +127,17 @@ def read_cookie(value: str | None, mode: str, max_age: float) -> CookieState:
     pins: dict[Any, Any] = data["t"] if isinstance(data.get("t"), dict) else {}
     seen_data: dict[Any, Any] = data["v"] if isinstance(data.get("v"), dict) else {}
     seen = {str(c): s for c, s in ((c, _seen(v)) for c, v in seen_data.items()) if s is not None}
-    return CookieState(positions, {str(k): v for k, v in pins.items() if _count(v)}, seen)
+    pins = {str(k): v for k, v in pins.items() if _count(v)}
+    tags, seen_tags = (
+        incarnation.from_tokens(data.get("i"), positions),
+        incarnation.from_tokens(data.get("j"), seen),
+    )
+    return CookieState(positions, pins, seen, incarnations=tags, seen_incarnations=seen_tags)
 
 
 def decode_cookie(value: str | None, mode: str, max_age: float) -> dict[str, int]:
     """Return the positions of a cookie, or {} when it is missing, forged, expired or malformed."""
     return read_cookie(value, mode, max_age).positions
-
-
-# -- monotonic reads ---------------------------------------------------------------------------------------
-
-
-class Probe(NamedTuple):
-    """What the health snapshot says of one node, as monotonic reads need it."""
-
-    #: when its last successful probe started (None: never probed successfully)
-    probed_at: float | None
-    #: its WAL position then (replayed, for a standby; current, for a primary)
-    position: int | None
-    #: when its server started (None: unknown)
-    started_at: float | None
-
-
-#: probe times come from the process that probed (maybe another host): allow this much clock difference
-CLOCK_MARGIN = 0.1
-
-
-def switch_bound(seen: Seen, last: Probe | None, writer: Probe | None) -> int | None:
-    """Return a WAL position at or past everything ``seen`` covers, or None when none is known yet.
-
-    The session read ``seen.node`` up to ``seen.until``: a probe of that node started after ``until``
-    reports a position at or past what those reads saw, provided the node did not restart since the
-    session began reading it (a standby restarts at its last restart point: it can come back behind).
-    The writer's position, probed after ``until``, bounds it too (every standby replays the writer's
-    WAL). The smaller of the known bounds is the tighter one. A ``seen`` without a node (the session
-    wrote: its write's position bounds everything it read) is bounded by its floor alone.
-    """
-    if not seen.node:
-        return seen.floor
-    after = seen.until + CLOCK_MARGIN
-    bounds = []
-    for probe, needs_continuity in ((last, True), (writer, False)):
-        if probe is None or probe.probed_at is None or probe.position is None or probe.probed_at <= after:
-            continue
-        if needs_continuity and (probe.started_at is None or probe.started_at >= seen.since):
-            continue
-        bounds.append(probe.position)
-    if not bounds:
-        return None
-    return max(seen.floor, min(bounds))
-
-
-def stays(seen: Seen, probe: Probe | None) -> bool:
-    """Return whether the session may go on reading ``seen.node``: it has not restarted since."""
-    return probe is not None and probe.started_at is not None and probe.started_at < seen.since
-
-
-def monotonic_allowed(
-    seen: Seen | None,
-    candidates: Collection[str],
-    positions: Mapping[str, int | None],
-    *,
-    bound: int | None,
-    stay: bool,
-) -> frozenset[str]:
-    """Return the candidate replicas a read may use without going back in time (the primary always may).
-
-    The node the session last read (if it may ``stay``), and every replica whose position reached
-    ``bound`` (``switch_bound``); none other while no bound is known. Without ``seen``, all of them.
-    """
-    if seen is None:
-        return frozenset(candidates)
-    allowed = {seen.node} & set(candidates) if stay else set()
-    if bound is not None:
-        allowed.update(a for a in candidates if _reached(positions.get(a), bound))
-    return frozenset(allowed)
-
-
-def after_read(seen: Seen | None, node: str, now: float, bound: int | None) -> Seen:
-    """Return what the session has seen after reading ``node`` at ``now`` (``bound``: see switch_bound)."""
-    if seen is None:
-        return Seen(node, now, now)
-    if node == seen.node:
-        return seen if now <= seen.until else Seen(node, seen.since, now, seen.floor)
-    return Seen(node, now, now, max(seen.floor, bound or 0))
 
 
 def released(required: int, replicas: Collection[str], positions: Mapping[str, int | None]) -> bool:
@@ -219,11 +146,7 @@ def released(required: int, replicas: Collection[str], positions: Mapping[str, i
     ``positions`` holds only what a fresh snapshot knows from a successful probe: a replica missing from
     it (down, never probed) may come back behind, so the position is kept.
     """
-    return bool(replicas) and all(_reached(positions.get(a), required) for a in replicas)
-
-
-def _reached(position: int | None, bound: int) -> bool:
-    return position is not None and position >= bound
+    return bool(replicas) and all(reached(positions.get(a), required) for a in replicas)
 
 
 @dataclass
@@ -251,17 +174,65 @@ class StickyState:
     loaded_pins: dict[str, int] = field(default_factory=dict)
     #: clusters where every replica had replayed the position: release the stored one at request end
     release: set[str] = field(default_factory=set)
+    #: the incarnation of each ``known``/``loaded`` position and of each ``seen`` floor
+    incarnations: Tags = field(default_factory=dict)
+    loaded_incarnations: Tags = field(default_factory=dict)
+    seen_incarnations: Tags = field(default_factory=dict)
+    #: callable(cluster) returning ``(Incarnation, primary position or None)`` from a fresh snapshot,
+    #: or None when unknown; None: positions of other incarnations are not looked for
+    now: Any = None
+    #: callable(cluster, reason, source) told of each position or floor dropped as foreign
+    on_foreign: Any = None
+    #: positions read from Redis and dropped as foreign, by cluster: deleted at the end of the request
+    foreign_stored: dict[str, tuple[int, Incarnation | None]] = field(default_factory=dict)
+
+    def _now(self, cluster: str) -> tuple[Incarnation, int | None] | None:
+        if self.now is None or self.mode != "lsn":
+            return None
+        known: tuple[Incarnation, int | None] | None = self.now(cluster)
+        return known
+
+    def _foreign(self, cluster: str, tag: Incarnation | None, position: int, source: str) -> bool:
+        """Return whether ``position`` is of another incarnation (see ``incarnation``); say so if it is."""
+        known = self._now(cluster)
+        reason = None if known is None else incarnation.foreign(tag, position, known[0], known[1])
+        if reason is not None and self.on_foreign is not None:
+            self.on_foreign(cluster, reason, source)
+        return reason is not None
+
+    def screen(self) -> None:
+        """Drop the cookie's positions and monotonic floors of another incarnation (no I/O)."""
+        for cluster, position in list(self.known.items()):
+            if self._foreign(cluster, self.incarnations.get(cluster), position, "cookie"):
+                del self.known[cluster]
+                self.incarnations.pop(cluster, None)
+                self.seen_changed = True  # the cookie is set again without it
+        for cluster, seen in list(self.seen.items()):
+            if self._foreign(cluster, self.seen_incarnations.get(cluster), seen.floor, "cookie"):
+                del self.seen[cluster]
+                self.seen_incarnations.pop(cluster, None)
+                self.seen_changed = True
 
     def _load(self) -> dict[str, int]:
         if self.loaded is None:
             fetched: Mapping[str, int] = {}
             pins: Mapping[str, int] = {}
+            tags: Tags = {}
             if self.loader is not None:
                 try:
-                    fetched, pins = self.loader()
+                    fetched, pins, *more = self.loader()
                 except Exception:  # Redis trouble: the cookie (known) still protects the session
-                    fetched, pins = {}, {}
-            self.loaded = merge(self.known, fetched)
+                    fetched, pins, more = {}, {}, []
+                tags = more[0] if more else {}
+            kept = {}
+            for cluster, position in fetched.items():
+                if self._foreign(cluster, tags.get(cluster), position, "redis"):
+                    self.foreign_stored[cluster] = (position, tags.get(cluster))
+                else:
+                    kept[cluster] = position
+            self.loaded, self.loaded_incarnations = incarnation.merge_kept(
+                (self.known, self.incarnations), (kept, tags)
+            )
             self.loaded_pins = merge(self.pins, pins)
         return self.loaded
 
@@ -286,6 +257,9 @@ class StickyState:
         if updated is not previous:
             self.seen[cluster] = updated
             self.seen_changed = True
+            known = self._now(cluster)  # its floor comes from this snapshot's positions, or before it
+            if known is not None:
+                self.seen_incarnations[cluster] = known[0]
 
     def cookie(self, positions: Mapping[str, int], horizon: float) -> CookieState:
         """Return the cookie's content: ``positions``, the pins in force, and ``seen`` claimed ``horizon``
@@ -296,4 +270,6 @@ class StickyState:
             c: Seen(s.node, s.since, s.until + horizon, s.floor) if self.seen_changed else s
             for c, s in self.seen.items()
         }
-        return CookieState(dict(positions), pins, seen)
+        tags = {c: t for c, t in self.incarnations.items() if c in positions}
+        seen_tags = {c: t for c, t in self.seen_incarnations.items() if c in seen}
+        return CookieState(dict(positions), pins, seen, incarnations=tags, seen_incarnations=seen_tags)

@@ -210,7 +210,7 @@ def test_a_non_integer_sticky_value_without_ttl_is_overwritten_by_the_next_write
         for value in ("abc", "1.5e3"):  # the second: counted, not logged
             redis.set(key, value)  # no TTL
             assert _read_and_write(client, item)  # read: ignored (the cookie protects); write: overwritten
-            assert re.fullmatch(rb"[0-9]+", redis.get(key)), redis.get(key)
+            assert re.fullmatch(rb"[0-9]+@[0-9]*/[0-9]+", redis.get(key)), redis.get(key)
             assert redis.pttl(key) > 0
     assert stats.total("sticky_store_errors") == errors  # the advance script never failed
     assert stats.total("redis_bad_values", kind="sticky_position") >= bad + 2

@@ -253,6 +253,15 @@ def _tampered(value: str) -> str:
 
 # the cookies are made when the test runs, not when it is collected: a signed cookie older than
 # STICKY_SECONDS is expired, and a loaded machine can take that long to reach this test
+def _current_cookie(positions):
+    from replicarouter.sticky.incarnation import Incarnation
+
+    now = health.incarnation("default")
+    assert now is not None
+    state = sticky.CookieState(positions, incarnations={c: Incarnation(now[0], now[1]) for c in positions})
+    return sticky.write_cookie(state, "lsn")
+
+
 @pytest.mark.parametrize(
     ("make_cookie", "expected"),
     [
@@ -261,8 +270,9 @@ def _tampered(value: str) -> str:
         (lambda: _tampered(sticky.encode_cookie({"default": AHEAD}, "lsn")), "replica"),
         (lambda: signing.b64_encode(json.dumps({"m": "lsn", "p": {"default": AHEAD}}).encode()).decode()
          + ":x:sig", "replica"),
-        # control: the same position, correctly signed, is believed (so believing a forgery would show)
-        (lambda: sticky.encode_cookie({"default": AHEAD}, "lsn"), "primary"),
+        # control: the same position, correctly signed, is believed (so believing a forgery would show);
+        # with the cluster's incarnation (one without, beyond the primary's position, would be dropped)
+        (lambda: _current_cookie({"default": AHEAD}), "primary"),
     ],
     ids=["garbage", "empty", "bad-signature", "unsigned", "genuine"],
 )  # fmt: skip

@@ -62,3 +62,33 @@ def test_load_state_ignores_counts_and_logs_once_per_kind(monkeypatch, caplog):
             assert stats.total("redis_bad_values", kind=kind) == before[kind] + 2
         values.update({position: b"42", pin: str(soon).encode()})
         assert store.load_state("me", ["default"]) == ({"default": 42}, {"default": soon})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"42", (42, None)),  # the previous format: no incarnation
+        (b"42@7300000000000000001/3", (42, store.Incarnation("7300000000000000001", 3))),
+        (b"42@/3", (42, store.Incarnation("", 3))),  # the identifier was unreadable
+        ("42@1/2", (42, store.Incarnation("1", 2))),
+        (b"42@", None),
+        (b"42@1/", None),
+        (b"42@x/1", None),
+        (b"42@1/2 ", None),
+        (b"@1/2", None),
+        (b"18446744073709551616@1/2", None),
+    ],
+)
+def test_positions_carry_their_incarnation(raw, expected):
+    assert store._marked(raw) == expected
+
+
+def test_load_marks_returns_the_incarnations(monkeypatch):
+    with override_settings(REPLICAROUTER={"REDIS_URL": "redis://unused", "STICKY_SECONDS": 10}):
+        values = {store._key("default", "me"): b"42@9/2"}
+        monkeypatch.setattr(store, "client", lambda operation="load": _Client(values))
+        loaded = store.load_marks("me", ["default"])
+        assert loaded.positions == {"default": 42}
+        assert loaded.incarnations == {"default": store.Incarnation("9", 2)}
+        values[store._key("default", "me")] = b"7"
+        assert store.load_marks("me", ["default"]) == ({"default": 7}, {}, {})

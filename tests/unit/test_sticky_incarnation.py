@@ -1,0 +1,133 @@
+"""Positions of another incarnation of the cluster (rebuild, restore, failover), without servers: the rule,
+the cookie's format (old and new), merging, and what a session's state drops."""
+
+from __future__ import annotations
+
+from django.core import signing
+
+from replicarouter.sticky import incarnation as inc
+from replicarouter.sticky import policy as sticky
+from replicarouter.sticky.incarnation import Incarnation
+
+NOW = Incarnation("7300000000000000001", 3)
+#: the current primary's position in the snapshot
+PRIMARY = 50_000
+
+
+def test_a_position_of_the_current_incarnation_is_kept_whatever_its_value():
+    # beyond the snapshot's primary position: written after the last probe, it is still to be replayed
+    assert inc.keeps(NOW, PRIMARY * 10, NOW, PRIMARY)
+    assert inc.keeps(NOW, 1, NOW, PRIMARY)
+
+
+def test_another_system_identifier_is_dropped_even_below_the_primary():
+    rebuilt = Incarnation("7300000000000000999", 3)
+    assert inc.foreign(rebuilt, PRIMARY * 10, NOW, PRIMARY) == inc.SYSTEM
+    assert inc.foreign(rebuilt, 1, NOW, PRIMARY) == inc.SYSTEM
+
+
+def test_an_older_timeline_is_kept_at_or_below_the_current_primary_and_dropped_beyond():
+    before_failover = Incarnation(NOW.system, 2)
+    assert inc.keeps(before_failover, PRIMARY, NOW, PRIMARY)  # up to the switch point: read-your-writes
+    assert inc.keeps(before_failover, PRIMARY - 1, NOW, PRIMARY)
+    assert inc.foreign(before_failover, PRIMARY + 1, NOW, PRIMARY) == inc.TIMELINE  # a lost future
+    assert inc.keeps(before_failover, PRIMARY + 1, NOW, None)  # the primary's position unknown: kept
+
+
+def test_a_newer_timeline_than_the_snapshot_knows_is_kept():
+    after_promotion = Incarnation(NOW.system, 4)  # the snapshot has not seen the promotion yet
+    assert inc.keeps(after_promotion, PRIMARY * 10, NOW, PRIMARY)
+
+
+def test_a_position_without_incarnation_is_judged_like_an_older_timeline():
+    assert inc.keeps(None, PRIMARY, NOW, PRIMARY)
+    assert inc.foreign(None, PRIMARY + 1, NOW, PRIMARY) == inc.UNKNOWN
+
+
+def test_nothing_known_now_keeps_everything():
+    assert inc.keeps(Incarnation("1", 1), PRIMARY * 10, None, None)
+    # an identifier unreadable on either side: only the timeline decides
+    assert inc.keeps(Incarnation("", 3), PRIMARY * 10, NOW, PRIMARY)
+    assert inc.keeps(Incarnation("1", 3), PRIMARY * 10, Incarnation("", 3), PRIMARY)
+
+
+def test_tokens_parse_and_reject_garbage():
+    assert inc.parse(NOW.token()) == NOW
+    assert inc.parse("/2") == Incarnation("", 2)
+    for bad in ("", "1/", "x/1", "1/2/3", 12, None, "1" * 21 + "/1"):
+        assert inc.parse(bad) is None
+
+
+def test_merging_a_recorded_position_replaces_one_of_another_incarnation():
+    old = Incarnation("1", 1)
+    held = ({"a": 10**12, "b": 7}, {"a": old})
+    positions, tags = inc.merge_recorded(held, ({"a": 500}, {"a": NOW}))
+    assert positions == {"a": 500, "b": 7} and tags == {"a": NOW}  # not max(10**12, 500)
+    positions, tags = inc.merge_recorded(({"a": 900}, {"a": NOW}), ({"a": 500}, {"a": NOW}))
+    assert positions == {"a": 900} and tags == {"a": NOW}  # one incarnation: the further one
+    positions, tags = inc.merge_recorded(({"a": 10**12}, {}), ({"a": 500}, {"a": NOW}))
+    assert positions == {"a": 500}  # no incarnation (previous format): replaced too
+
+
+def test_cookie_carries_incarnations_and_reads_the_previous_format():
+    state = sticky.CookieState(
+        {"default": 42}, seen={"default": sticky.Seen("", 1.0, 2.0, 40)},
+        incarnations={"default": NOW}, seen_incarnations={"default": NOW},
+    )  # fmt: skip
+    back = sticky.read_cookie(sticky.write_cookie(state, "lsn"), "lsn", 60)
+    assert back.positions == {"default": 42} and back.incarnations == {"default": NOW}
+    assert back.seen_incarnations == {"default": NOW}
+    previous = signing.dumps({"m": "lsn", "p": {"default": 42}}, salt=sticky.COOKIE_SALT, compress=True)
+    back = sticky.read_cookie(previous, "lsn", 60)
+    assert back.positions == {"default": 42} and back.incarnations == {} and back.problem is None
+    garbage = signing.dumps(
+        {"m": "lsn", "p": {"default": 42}, "i": {"default": "x"}}, salt=sticky.COOKIE_SALT
+    )
+    assert sticky.read_cookie(garbage, "lsn", 60).incarnations == {}
+
+
+def _state(**kwargs):
+    dropped = []
+    state = sticky.StickyState("lsn", **kwargs)
+    state.now = lambda cluster: (NOW, PRIMARY)
+    state.on_foreign = lambda cluster, reason, source: dropped.append((cluster, reason, source))
+    return state, dropped
+
+
+def test_screen_drops_the_cookies_foreign_position_and_floor_and_keeps_current_ones():
+    rebuilt = Incarnation("99", 1)
+    state, dropped = _state(
+        known={"a": PRIMARY * 100, "b": PRIMARY * 100, "c": PRIMARY * 100},
+        seen={"a": sticky.Seen("", 1.0, 1.0, PRIMARY * 100), "b": sticky.Seen("", 1.0, 1.0, PRIMARY * 100)},
+    )
+    state.incarnations = {"a": rebuilt, "c": NOW}
+    state.seen_incarnations = {"a": rebuilt, "b": NOW}
+    state.screen()
+    assert state.known == {"c": PRIMARY * 100}  # a: rebuilt; b: no incarnation, beyond the primary
+    assert set(state.seen) == {"b"}
+    assert sorted(dropped) == [
+        ("a", "system", "cookie"),
+        ("a", "system", "cookie"),
+        ("b", "unknown", "cookie"),
+    ]
+    assert state.seen_changed  # the cookie is set again without them
+    assert state.required("a") is None and state.required("c") == PRIMARY * 100
+
+
+def test_foreign_redis_positions_are_dropped_and_kept_for_deletion():
+    state, dropped = _state(known={"a": 10})
+    state.incarnations = {"a": NOW}
+    rebuilt = Incarnation("99", 1)
+    state.loader = lambda: ({"a": PRIMARY * 100, "b": PRIMARY * 100}, {}, {"a": rebuilt, "b": NOW})
+    assert state.required("a") == 10  # the cookie's: Redis's is another cluster's
+    assert state.required("b") == PRIMARY * 100
+    assert dropped == [("a", "system", "redis")]
+    assert state.foreign_stored == {"a": (PRIMARY * 100, rebuilt)}
+    assert state.loaded_incarnations == {"a": NOW, "b": NOW}
+
+
+def test_without_a_snapshot_nothing_is_dropped():
+    state = sticky.StickyState("lsn", known={"a": 10**15})
+    state.now = lambda cluster: None
+    state.screen()
+    assert state.required("a") == 10**15
