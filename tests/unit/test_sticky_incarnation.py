@@ -131,3 +131,36 @@ def test_without_a_snapshot_nothing_is_dropped():
     state.now = lambda cluster: None
     state.screen()
     assert state.required("a") == 10**15
+
+
+def test_keeps_is_false_for_what_foreign_drops():
+    assert not inc.keeps(Incarnation(NOW.system, 2), PRIMARY + 1, NOW, PRIMARY)
+    assert not inc.keeps(Incarnation("other", 3), 1, NOW, PRIMARY)
+
+
+def test_merging_one_incarnation_takes_the_further_position_whichever_comes_first():
+    assert inc.merge_recorded(({"a": 500}, {"a": NOW}), ({"a": 900}, {"a": NOW})) == ({"a": 900}, {"a": NOW})
+    assert inc.merge_recorded(({"a": 900}, {"a": NOW}), ({"a": 500}, {"a": NOW})) == ({"a": 900}, {"a": NOW})
+
+
+def test_merge_recorded_tags_describe_its_positions_only():
+    old = Incarnation(NOW.system, 2)
+    # an untagged recorded position (another incarnation: none) replaces a tagged one, and carries no tag
+    assert inc.merge_recorded(({"a": 5}, {"a": old}), ({"a": 9}, {})) == ({"a": 9}, {})
+    # a tag without its position is not kept
+    assert inc.merge_recorded(({}, {"a": old}), ({}, {})) == ({}, {})
+
+
+def test_merge_kept_per_cluster():
+    old = Incarnation(NOW.system, 2)
+    # a cluster only the second source has is taken, even at positions 0 and 1
+    assert inc.merge_kept(({}, {}), ({"a": 0, "b": 1}, {"b": NOW})) == ({"a": 0, "b": 1}, {"b": NOW})
+    # equal positions: the tagged side's incarnation is the one kept
+    assert inc.merge_kept(({"a": 5}, {}), ({"a": 5}, {"a": NOW})) == ({"a": 5}, {"a": NOW})
+    assert inc.merge_kept(({"a": 5}, {"a": NOW}), ({"a": 5}, {})) == ({"a": 5}, {"a": NOW})
+    # the second source further without a tag: the first source's tag goes with its position
+    assert inc.merge_kept(({"a": 5}, {"a": old}), ({"a": 9}, {})) == ({"a": 9}, {})
+    # the first source further: it stays, with its tag
+    assert inc.merge_kept(({"a": 9}, {"a": old}), ({"a": 5}, {"a": NOW})) == ({"a": 9}, {"a": old})
+    # a tag without its position is not returned
+    assert inc.merge_kept(({}, {"a": old}), ({}, {})) == ({}, {})
