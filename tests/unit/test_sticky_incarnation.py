@@ -164,3 +164,68 @@ def test_merge_kept_per_cluster():
     assert inc.merge_kept(({"a": 9}, {"a": old}), ({"a": 5}, {"a": NOW})) == ({"a": 9}, {"a": old})
     # a tag without its position is not returned
     assert inc.merge_kept(({}, {"a": old}), ({}, {})) == ({}, {})
+
+
+def test_each_cluster_is_judged_by_its_own_snapshot():
+    rebuilt = Incarnation("99", 1)
+    state, dropped = _state(known={"a": PRIMARY * 100, "b": PRIMARY * 100})
+    state.incarnations = {"a": rebuilt, "b": rebuilt}
+    state.now = lambda cluster: {"a": (NOW, PRIMARY)}.get(cluster)  # b: nothing fresh known
+    state.screen()
+    assert state.known == {"b": PRIMARY * 100} and dropped == [("a", "system", "cookie")]
+
+
+def test_an_older_timeline_from_redis_is_compared_with_the_primary():
+    before_failover = Incarnation(NOW.system, 2)
+    state, dropped = _state()
+    state.loader = lambda: (
+        {"a": PRIMARY, "b": PRIMARY + 1},
+        {},
+        {"a": before_failover, "b": before_failover},
+    )
+    assert state.required("a") == PRIMARY and state.required("b") is None
+    assert dropped == [("b", "timeline", "redis")]
+
+
+def test_screen_keeps_the_tags_of_what_it_keeps_and_judges_untagged_floors():
+    state, dropped = _state(
+        known={"c": PRIMARY * 100},
+        seen={
+            "b": sticky.Seen("", 1.0, 1.0, PRIMARY * 100),
+            "d": sticky.Seen("", 1.0, 1.0, PRIMARY),
+            "e": sticky.Seen("", 1.0, 1.0, PRIMARY + 1),
+        },
+    )
+    state.incarnations = {"c": NOW}
+    state.seen_incarnations = {"b": NOW}
+    state.screen()
+    assert state.incarnations == {"c": NOW} and state.seen_incarnations == {"b": NOW}
+    assert set(state.seen) == {"b", "d"}  # d: no incarnation, at the primary; e: beyond it
+    assert dropped == [("e", "unknown", "cookie")]
+
+
+def test_a_dropped_cookie_position_alone_sets_the_cookie_again():
+    """Else the foreign position would come back with every request."""
+    state, _ = _state(known={"a": PRIMARY * 100})
+    state.incarnations = {"a": Incarnation("99", 1)}
+    state.screen()
+    assert state.known == {} and state.seen_changed is True
+
+
+def test_the_cookie_carries_the_tags_of_what_it_writes_only():
+    old = Incarnation(NOW.system, 2)
+    state, _ = _state(seen={"a": sticky.Seen("", 1.0, 1.0, 5)})
+    state.incarnations = {"a": NOW, "b": old}
+    state.seen_incarnations = {"a": NOW, "b": old}
+    content = state.cookie({"a": 5}, 0)
+    assert content.incarnations == {"a": NOW} and content.seen_incarnations == {"a": NOW}
+    back = sticky.read_cookie(sticky.write_cookie(content, "lsn"), "lsn", 60)
+    assert back.incarnations == {"a": NOW} and back.seen_incarnations == {"a": NOW}
+
+
+def test_a_new_floor_is_tagged_with_its_cluster_s_incarnation():
+    state, _ = _state()
+    state.now = lambda cluster: {"a": (NOW, PRIMARY)}.get(cluster)
+    state.observe("a", "r1", None, now=10.0)
+    state.observe("b", "r1", None, now=10.0)
+    assert state.seen_incarnations == {"a": NOW}
