@@ -111,6 +111,7 @@ def test_screen_drops_the_cookies_foreign_position_and_floor_and_keeps_current_o
         ("b", "unknown", "cookie"),
     ]
     assert state.seen_changed  # the cookie is set again without them
+    assert state.incarnations == {"c": NOW} and state.seen_incarnations == {"b": NOW}  # a's tags go too
     assert state.required("a") is None and state.required("c") == PRIMARY * 100
 
 
